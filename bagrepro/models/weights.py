@@ -290,8 +290,16 @@ def load_pretrained(
     spec: WeightsSpec,
     weights_dir: str | pathlib.Path | None = None,
     progress: bool = True,
+    transform=None,
 ) -> pathlib.Path:
-    """Resolve, read and strictly load ``spec`` into ``model``; return the weights file used."""
+    """Resolve, read and strictly load ``spec`` into ``model``; return the weights file used.
+
+    ``transform``: optional ``state_dict -> state_dict`` applied before loading (key renames of an
+    old checkpoint format).
+    """
     path = resolve_weights_file(spec, weights_dir, progress)
-    load_into(model, _normalise(_read_checkpoint(path), str(path)), str(path))
+    state_dict = _normalise(_read_checkpoint(path), str(path))
+    if transform is not None:
+        state_dict = transform(state_dict)
+    load_into(model, state_dict, str(path))
     return path

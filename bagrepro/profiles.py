@@ -1,0 +1,100 @@
+"""Profiles as data: which models, which images, how many, and each experiment's knobs.
+
+Experiments refer to the paper's models by role ('bagnet33', 'vgg16', 'resnet50', ...); a profile
+maps each role to the zoo entry standing in for it. An experiment never branches on the profile
+name: it reads ``ctx.setting(experiment, key)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .errors import ConfigError
+
+#: the paper's models, by role; the paper profile uses the zoo entries of the same names
+#: (in order of preference when one stand-in covers several roles)
+PAPER_ROLES = ("bagnet9", "bagnet17", "bagnet33", "vgg16", "resnet50", "densenet169", "vgg11", "resnet152")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """data: 'smoke' (generated tensors), 'demo' (the demo world) or 'imagenet' (--data folder).
+
+    models: default model list (zoo names); stand_ins: paper role -> zoo name; pretrained: load
+    weights; num_images: images per run (None = all); image_size: side of the generated images
+    (smoke/demo; ImageNet's geometry comes from the models' preprocessing); settings: per-experiment
+    knobs, ``{experiment: {key: value}}``.
+    """
+
+    name: str
+    description: str
+    data: str
+    models: tuple[str, ...]
+    stand_ins: MappingProxyType
+    pretrained: bool
+    num_images: int | None
+    batch_size: int
+    image_size: int | None = None
+    settings: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+
+    def role(self, role: str) -> str:
+        """Zoo name standing in for a paper role in this profile."""
+        try:
+            return self.stand_ins[role]
+        except KeyError:
+            raise ConfigError(f"profile '{self.name}' has no model for the role '{role}'") from None
+
+    def role_of(self, model_name: str) -> str | None:
+        """The paper role a zoo model stands in for (the first in PAPER_ROLES order), or None."""
+        return next((role for role in PAPER_ROLES if self.stand_ins.get(role) == model_name), None)
+
+    def setting(self, experiment: str, key: str, default=None):
+        return self.settings.get(experiment, {}).get(key, default)
+
+
+def _frozen(mapping: dict) -> MappingProxyType:
+    return MappingProxyType({k: MappingProxyType(v) if isinstance(v, dict) else v for k, v in mapping.items()})
+
+
+_SMOKE_ROLES = {
+    "bagnet9": "smoke_bagnet9", "bagnet17": "smoke_bagnet17", "bagnet33": "smoke_bagnet33",
+    "vgg11": "smoke_vgg16", "vgg16": "smoke_vgg16", "resnet50": "smoke_resnet50",
+    "resnet152": "smoke_resnet50", "densenet169": "smoke_densenet169",
+}
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="random-initialised narrow models on generated 64 px images (CI, seconds)",
+        data="smoke",
+        models=("smoke_bagnet9", "smoke_bagnet17", "smoke_bagnet33", "smoke_vgg16", "smoke_resnet50",
+                "smoke_densenet169"),
+        stand_ins=MappingProxyType(_SMOKE_ROLES),
+        pretrained=False,
+        num_images=24,
+        batch_size=8,
+        image_size=64,
+        settings=_frozen({"runtime": {"batch_size": 8, "repeats": 2, "warmup": 1}}),
+    ),
+    "paper": Profile(
+        name="paper",
+        description="released BagNets + torchvision IMAGENET1K_V1 models on the ImageNet validation set",
+        data="imagenet",
+        models=PAPER_ROLES,
+        stand_ins=MappingProxyType({role: role for role in PAPER_ROLES}),
+        pretrained=True,
+        num_images=None,
+        batch_size=64,
+        settings=_frozen({"runtime": {"batch_size": 64, "repeats": 5, "warmup": 2}}),
+    ),
+}
+
+DEFAULT_PROFILE = "smoke"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"unknown profile '{name}'; profiles: {', '.join(sorted(PROFILES))}") from None

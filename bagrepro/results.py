@@ -1,0 +1,114 @@
+"""Results I/O: atomic long-format CSVs with a provenance sidecar, and resumable units of work.
+
+Layout of one experiment's folder ``results/<experiment>/``:
+
+- ``<table>.csv``: long format, one row per observation; written atomically (temp file + rename);
+- ``<table>.meta.json``: provenance (resolved config, profile, seed, versions, commit, device, time);
+- ``.units/<config hash>/<unit>.csv``: finished units (one model, one shard). A unit's file is
+  written atomically once the unit is complete, so its presence is the "done" marker; an interrupted
+  run loses at most the unit in flight, and a changed config hashes to a different folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import DataError
+
+PACKAGES = ("torch", "torchvision", "captum", "numpy", "scipy", "pandas", "matplotlib")
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_csv(frame: pd.DataFrame, path: Path, meta: dict | None = None) -> Path:
+    """Write ``frame`` to ``path`` atomically, and ``meta`` to ``<stem>.meta.json`` beside it."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
+    if meta is not None:
+        write_json(meta, meta_path(path))
+    return path
+
+
+def write_json(data: dict, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def meta_path(csv_path: Path) -> Path:
+    return Path(csv_path).with_suffix(".meta.json")
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """Read a results CSV; a missing one is a DataError naming it (run the experiment first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"results file {path} is missing; run its experiment first (without --figures-only)")
+    return pd.read_csv(path)
+
+
+def git_commit(root: Path | None = None) -> str:
+    root = root or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class UnitStore:
+    """Finished units of one experiment under one config: ``folder/<unit>.csv``."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def _path(self, unit: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in unit)
+        return self.folder / f"{safe}.csv"
+
+    def done(self, unit: str) -> bool:
+        return self._path(unit).is_file()
+
+    def save(self, unit: str, frame: pd.DataFrame) -> None:
+        write_csv(frame, self._path(unit))
+
+    def load(self, unit: str) -> pd.DataFrame:
+        return pd.read_csv(self._path(unit))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,254 @@
+"""The runner: experiment registry, the run context every experiment receives, and the stages.
+
+An experiment module in ``experiments/`` defines ``EXPERIMENT = Experiment(...)`` with
+``run(ctx)`` (compute; write CSVs under ``ctx.results_dir(name)``) and ``make_figures(results_dir,
+figures_dir)`` (read CSVs only; write figures). Modules are discovered by importing the
+``experiments`` package's modules; ``rank`` orders them (an experiment that reuses another's CSV
+ranks after it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import config_hash
+from .data.imagenet import image_folder, load_imagenet_val
+from .data.imagesets import FileImageSet, smoke_images
+from .errors import ConfigError
+from .models import create_model, get_spec, resolve_model_names
+from .models.fast import fuse_bagnet
+from .profiles import Profile, get_profile
+from .results import UnitStore, git_commit, package_versions
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of the paper. ``paper_ref`` names the figure/table it reproduces."""
+
+    name: str
+    title: str
+    paper_ref: str
+    run: Callable[["RunContext"], None]
+    make_figures: Callable[[Path, Path], list[Path]]
+    rank: int = 100
+
+
+_EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register_experiment(experiment: Experiment) -> Experiment:
+    if experiment.name in _EXPERIMENTS and _EXPERIMENTS[experiment.name] is not experiment:
+        raise ConfigError(f"experiment name '{experiment.name}' is registered twice")
+    _EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def discover_experiments() -> dict[str, Experiment]:
+    """Import every module of the ``experiments`` package; return the registry sorted by rank."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    package = importlib.import_module("experiments")
+    for module_info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"experiments.{module_info.name}")
+        if hasattr(module, "EXPERIMENT"):
+            register_experiment(module.EXPERIMENT)
+    return dict(sorted(_EXPERIMENTS.items(), key=lambda item: (item[1].rank, item[0])))
+
+
+def select_experiments(names: list[str]) -> list[Experiment]:
+    registry = discover_experiments()
+    if not names or "all" in names:
+        return list(registry.values())
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ConfigError(f"unknown experiment '{unknown[0]}'; experiments: {', '.join(registry)}, all")
+    return [e for e in registry.values() if e.name in names]
+
+
+@dataclass
+class RunOptions:
+    """Everything the CLI resolves; see ``run_all.py --help``."""
+
+    profile: str
+    experiments: list[str] = field(default_factory=list)
+    models: list[str] | None = None
+    data: str | None = None
+    limit: int | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    seed: int = 0
+    out: Path = REPO_ROOT
+    force: bool = False
+    quiet: bool = False
+    weights_dir: str | None = None
+    figures_only: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device '{name}' ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but torch sees no CUDA GPU on this machine")
+    return device
+
+
+class RunContext:
+    """What an experiment sees: the profile, the resolved models, images, device, and result I/O."""
+
+    def __init__(self, options: RunOptions):
+        self.options = options
+        self.profile: Profile = get_profile(options.profile)
+        self.model_names = resolve_model_names(options.models) if options.models else list(self.profile.models)
+        self.device = resolve_device(options.device)
+        self.seed = options.seed
+        self.batch_size = options.batch_size or self.profile.batch_size
+        self.force = options.force
+        self.quiet = options.quiet
+        self._models: dict[str, torch.nn.Module] = {}
+        self._images = None
+
+    # ---- places -------------------------------------------------------------------------------
+    def results_dir(self, experiment: str) -> Path:
+        return Path(self.options.out) / "results" / experiment
+
+    def figures_dir(self, experiment: str) -> Path:
+        return Path(self.options.out) / "figures" / experiment
+
+    def units(self, experiment: str, config: dict | None = None) -> UnitStore:
+        """Finished-unit store for this experiment under the current run config (+ ``config``)."""
+        key = config_hash(self.run_config(), config or {})
+        store = UnitStore(self.results_dir(experiment) / ".units" / key)
+        if self.force:
+            store.clear()
+        return store
+
+    def run_config(self) -> dict:
+        """What determines results: profile, data, limit, seed (not models: units are per model)."""
+        return {"profile": self.profile.name, "data": self.options.data, "limit": self.options.limit,
+                "seed": self.seed, "num_images": self.num_images}
+
+    # ---- data -----------------------------------------------------------------------------------
+    @property
+    def num_images(self) -> int | None:
+        return self.options.limit if self.options.limit is not None else self.profile.num_images
+
+    def images(self):
+        """The profile's images (cached): a TensorImageSet or FileImageSet, fixed order."""
+        if self._images is None:
+            self._images = self._load_images()
+        return self._images
+
+    def _load_images(self):
+        profile = self.profile
+        if self.options.data is not None or profile.data == "imagenet":
+            if self.options.data is None:
+                raise ConfigError(f"profile '{profile.name}' needs --data DIR (the ImageNet validation images)")
+            preprocess = get_spec(self.model_names[0]).preprocess
+            loader = load_imagenet_val if profile.data == "imagenet" else image_folder
+            dataset = loader(self.options.data, limit=self.num_images, seed=self.seed)
+            return FileImageSet(dataset, preprocess.pil_transform(),
+                                f"{len(dataset)} images from {self.options.data} ({dataset.layout})")
+        if profile.data == "smoke":
+            classes = get_spec(self.model_names[0]).num_classes
+            return smoke_images(self.num_images, profile.image_size, classes, self.seed)
+        if profile.data == "demo":
+            from .data.demo import demo_test_images  # the demo world is only built when asked for
+            images = demo_test_images(self.seed)
+            return images if self.num_images is None else images.subset(range(min(self.num_images, len(images))))
+        raise ConfigError(f"profile '{profile.name}' has unknown data kind '{profile.data}'")
+
+    # ---- models ---------------------------------------------------------------------------------
+    def role(self, role: str) -> str:
+        """The zoo name standing in for a paper role ('vgg16', 'resnet50', ...) in this profile."""
+        return self.profile.role(role)
+
+    def model(self, name: str) -> torch.nn.Module:
+        """The model as built (eager, eval mode, on the run's device), loaded once per run."""
+        if name not in self._models:
+            model = create_model(name, pretrained=self.profile.pretrained, weights_dir=self.options.weights_dir,
+                                 progress=not self.quiet)
+            classes = len(self.images().classes)
+            if model.zoo_spec.num_classes != classes:
+                raise ConfigError(f"model '{name}' has {model.zoo_spec.num_classes} classes but the data has "
+                                  f"{classes}; pick models made for profile '{self.profile.name}'")
+            self._models[name] = model.to(self.device)
+        return self._models[name]
+
+    def inference_model(self, name: str) -> torch.nn.Module:
+        """The fastest model with the same outputs: BagNets fused (BatchNorm folded), others as built."""
+        model = self.model(name)
+        if not model.zoo_spec.is_bagnet:
+            return model
+        key = f"{name}#fused"
+        if key not in self._models:
+            fused = fuse_bagnet(model)
+            fused.zoo_spec, fused.weights_source = model.zoo_spec, model.weights_source
+            self._models[key] = fused
+        return self._models[key]
+
+    # ---- output -----------------------------------------------------------------------------------
+    def progress(self, iterable, **kwargs):
+        return tqdm(iterable, disable=self.quiet or None, leave=False, dynamic_ncols=True, **kwargs)
+
+    def provenance(self, experiment: str, wall_time_s: float, extra: dict | None = None) -> dict:
+        """The sidecar of every CSV an experiment writes."""
+        images = self.images()
+        meta = {
+            "experiment": experiment,
+            "profile": self.profile.name,
+            "config": {**self.run_config(), "batch_size": self.batch_size, "models": self.model_names,
+                       "weights_dir": self.options.weights_dir},
+            "data": images.description,
+            "num_images": len(images),
+            "seed": self.seed,
+            "models": {name: self._models[name].weights_source for name in self.model_names if name in self._models},
+            "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
+                                          if self.device.type == "cuda" else ""),
+            "torch_threads": torch.get_num_threads(),
+            "packages": package_versions(),
+            "commit": git_commit(),
+            "wall_time_s": round(wall_time_s, 3),
+        }
+        meta.update(extra or {})
+        return meta
+
+
+def run_stages(options: RunOptions, log=print) -> dict[str, float]:
+    """Run the selected experiments, then their figures; return wall time per stage (seconds)."""
+    experiments = select_experiments(options.experiments)
+    timings: dict[str, float] = {}
+    if not options.figures_only:
+        ctx = RunContext(options)
+        torch.manual_seed(options.seed)
+        for experiment in experiments:
+            start = time.perf_counter()
+            log(f"[{experiment.name}] {experiment.title} ({experiment.paper_ref})")
+            experiment.run(ctx)
+            timings[experiment.name] = time.perf_counter() - start
+    for experiment in experiments:
+        start = time.perf_counter()
+        results = Path(options.out) / "results" / experiment.name
+        if not results.is_dir():
+            log(f"[figures] {experiment.name}: not run, no figure")
+            continue
+        paths = experiment.make_figures(results, Path(options.out) / "figures" / experiment.name)
+        for path in paths:
+            log(f"[figures] wrote {path}")
+        timings[f"figures:{experiment.name}"] = time.perf_counter() - start
+    return timings
+

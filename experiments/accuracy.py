@@ -1,0 +1,113 @@
+"""Accuracy (Fig. 1B): top-1 / top-5 of every model on the profile's images.
+
+Writes ``results/accuracy/``:
+- ``predictions.csv``: one row per (model, image): true class, top-5 predicted classes, the true
+  class's logit and probability, correct_top1 / correct_top5 (later experiments reuse these rows);
+- ``summary.csv``: per model top-1 / top-5 (%) beside the paper's reference numbers;
+- ``per_class.csv``: per (model, class) top-1 / top-5 (%), for Fig. 7.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bagrepro import paper
+from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.results import read_csv, write_csv
+from bagrepro.runner import Experiment, RunContext
+
+TOP_K = 5
+
+
+def predict(model: torch.nn.Module, images, ctx: RunContext, name: str) -> pd.DataFrame:
+    """Per-image predictions of one model: a DataFrame with one row per image."""
+    normalize = model.zoo_spec.preprocess.normalize
+    rows = []
+    with torch.inference_mode():
+        for batch, labels, ids in ctx.progress(images.batches(ctx.batch_size), desc=name, unit="batch"):
+            logits = model(normalize(batch.to(ctx.device))).float().cpu()
+            k = min(TOP_K, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            true_logit = logits.gather(1, labels[:, None])[:, 0]
+            true_prob = logits.softmax(1).gather(1, labels[:, None])[:, 0]
+            frame = pd.DataFrame({"image_id": ids, "true_class": labels.numpy()})
+            for rank in range(k):
+                frame[f"pred_{rank + 1}"] = top[:, rank].numpy()
+            frame["true_logit"] = true_logit.numpy()
+            frame["true_prob"] = true_prob.numpy()
+            frame["correct_top1"] = (top[:, 0] == labels).numpy()
+            frame["correct_top5"] = (top == labels[:, None]).any(1).numpy()
+            rows.append(frame)
+    return pd.concat(rows, ignore_index=True)
+
+
+def summarize(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per model: images, top-1 / top-5 in %, and the paper's reference numbers beside them."""
+    summary = (predictions.groupby(["model", "role"], dropna=False, sort=False)
+               .agg(n_images=("image_id", "size"), top1=("correct_top1", "mean"), top5=("correct_top5", "mean"))
+               .reset_index())
+    summary[["top1", "top5"]] *= 100
+    reference = summary["role"].map(lambda role: paper.reference_accuracy(role) if isinstance(role, str) else None)
+    summary["paper_top1"] = reference.map(lambda ref: ref[0] if ref else np.nan)
+    summary["paper_top5"] = reference.map(lambda ref: ref[1] if ref else np.nan)
+    summary["diff_top1"] = summary["top1"] - summary["paper_top1"]
+    summary["diff_top5"] = summary["top5"] - summary["paper_top5"]
+    return summary
+
+
+def per_class(predictions: pd.DataFrame) -> pd.DataFrame:
+    table = (predictions.groupby(["model", "role", "true_class"], dropna=False, sort=False)
+             .agg(n_images=("image_id", "size"), top1=("correct_top1", "mean"), top5=("correct_top5", "mean"))
+             .reset_index())
+    table[["top1", "top5"]] *= 100
+    return table
+
+
+def run(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    images = ctx.images()
+    store = ctx.units("accuracy")
+    frames = []
+    for name in ctx.model_names:
+        if not store.done(name):
+            frame = predict(ctx.inference_model(name), images, ctx, name)
+            frame.insert(0, "model", name)
+            frame.insert(1, "role", ctx.profile.role_of(name))
+            store.save(name, frame)
+        frames.append(store.load(name))
+    predictions = pd.concat(frames, ignore_index=True)
+    out = ctx.results_dir("accuracy")
+    meta = ctx.provenance("accuracy", time.perf_counter() - start,
+                          {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)"})
+    write_csv(predictions, out / "predictions.csv", meta)
+    write_csv(summarize(predictions), out / "summary.csv", meta)
+    write_csv(per_class(predictions), out / "per_class.csv", meta)
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Fig. 1B: top-1 / top-5 per model, ours beside the paper's reference."""
+    summary = read_csv(results_dir / "summary.csv")
+    fig, axes = new_figure(1, 2, figsize=(9, 3.2), sharey=True)
+    x = np.arange(len(summary))
+    for ax, metric in zip(axes, ("top1", "top5")):
+        ax.bar(x - 0.2, summary[metric], 0.4, color=OURS_COLOUR, label="ours")
+        ax.bar(x + 0.2, summary[f"paper_{metric}"].fillna(0), 0.4, color=PAPER_COLOUR, label="paper / reference")
+        for xi, value in zip(x, summary[metric]):
+            ax.text(xi - 0.2, value + 1, f"{value:.1f}", ha="center", fontsize=7)
+        ax.set_xticks(x, summary["model"], rotation=30, ha="right")
+        ax.set_title(f"{metric.replace('top', 'top-')} accuracy (%)")
+        ax.set_ylim(0, 105)
+    axes[0].legend(loc="upper left")
+    fig.suptitle("Fig. 1B: accuracy (paper: released BagNets; torchvision V1 docs for deep models)", fontsize=9)
+    return save_figure(fig, figures_dir / "fig1b_accuracy")
+
+
+EXPERIMENT = Experiment(
+    name="accuracy", title="top-1 / top-5 accuracy per model", paper_ref="Fig. 1B",
+    run=run, make_figures=make_figures, rank=10,
+)

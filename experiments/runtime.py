@@ -1,0 +1,109 @@
+"""Runtime (Sec. 4.1): inference images/s per model, relative to ResNet-50 measured in the same run.
+
+The paper: about 155 images/s for every BagNet against 570 for ResNet-50 (0.27x) at batch 64, 224 px,
+on a GPU. Every model runs as built ("eager", as in the paper); BagNets also through bagrepro's
+inference path ("fused": BatchNorm folded, stem composed, channels-last). Repeats are interleaved
+across models so that machine load affects all of them alike; the median is reported.
+
+Writes ``results/runtime/throughput.csv`` (one row per model, path and repeat) and
+``summary.csv`` (median images/s, ratio to the reference model, the paper's ratio).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bagrepro import paper
+from bagrepro.models import get_spec
+from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.results import read_csv, write_csv
+from bagrepro.runner import Experiment, RunContext
+
+
+def _time_batch(model, batch: torch.Tensor) -> float:
+    if batch.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(batch)
+    if batch.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    batch_size = ctx.profile.setting("runtime", "batch_size", 64)
+    repeats = ctx.profile.setting("runtime", "repeats", 3)
+    warmup = ctx.profile.setting("runtime", "warmup", 1)
+    reference = ctx.role(paper.RUNTIME_REFERENCE)
+    names = ctx.model_names + ([reference] if reference not in ctx.model_names else [])
+    size = ctx.profile.image_size or get_spec(names[0]).preprocess.crop
+    store = ctx.units("runtime", {"batch_size": batch_size, "repeats": repeats, "size": size, "models": names})
+    if not store.done("all"):
+        generator = torch.Generator().manual_seed(ctx.seed)
+        batch = torch.randn(batch_size, 3, size, size, generator=generator).to(ctx.device)
+        runs = [(name, "eager", ctx.model(name)) for name in names]
+        runs += [(name, "fused", ctx.inference_model(name)) for name in names if get_spec(name).is_bagnet]
+        inputs = {"eager": batch, "fused": batch.contiguous(memory_format=torch.channels_last)}
+        for name, path, model in ctx.progress(runs, desc="warm-up"):
+            for _ in range(warmup):
+                _time_batch(model, inputs[path])
+        rows = []
+        for repeat in ctx.progress(range(repeats), desc="repeats"):
+            for name, path, model in runs:
+                seconds = _time_batch(model, inputs[path])
+                rows.append({"model": name, "role": ctx.profile.role_of(name), "path": path, "repeat": repeat,
+                             "batch_size": batch_size, "image_size": size, "seconds": seconds,
+                             "images_per_s": batch_size / seconds})
+        store.save("all", pd.DataFrame(rows))
+    throughput = store.load("all")
+    throughput["reference_model"] = reference
+    meta = ctx.provenance("runtime", time.perf_counter() - start,
+                          {"batch_size": batch_size, "repeats": repeats, "warmup": warmup, "image_size": size})
+    write_csv(throughput, ctx.results_dir("runtime") / "throughput.csv", meta)
+    write_csv(summarize(throughput), ctx.results_dir("runtime") / "summary.csv", meta)
+
+
+def summarize(throughput: pd.DataFrame) -> pd.DataFrame:
+    """Median images/s per (model, path); ratio to the reference model's eager median."""
+    summary = (throughput.groupby(["model", "role", "path"], dropna=False, sort=False)
+               .agg(images_per_s=("images_per_s", "median"), repeats=("repeat", "size")).reset_index())
+    reference = throughput["reference_model"].iloc[0]
+    base = summary.loc[(summary["model"] == reference) & (summary["path"] == "eager"), "images_per_s"].iloc[0]
+    summary["relative_to_reference"] = summary["images_per_s"] / base
+    summary["reference_model"] = reference
+    summary["paper_relative"] = summary["role"].map(lambda role: paper.runtime_ratio(role) if isinstance(role, str)
+                                                    else np.nan)
+    return summary
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Throughput relative to ResNet-50: ours (eager and fused) beside the paper's ratio."""
+    summary = read_csv(results_dir / "summary.csv")
+    models = list(dict.fromkeys(summary["model"]))
+    fig, ax = new_figure(figsize=(6.5, 3.2))
+    x = np.arange(len(models))
+    for offset, path, colour, hatch in ((-0.27, "eager", OURS_COLOUR, None), (0.0, "fused", "#ff7f0e", "//")):
+        rows = summary[summary["path"] == path].set_index("model").reindex(models)
+        ax.bar(x + offset, rows["relative_to_reference"].fillna(0), 0.27, color=colour, hatch=hatch,
+               label=f"ours ({path})")
+    paper_ratio = summary.drop_duplicates("model").set_index("model").reindex(models)["paper_relative"]
+    ax.bar(x + 0.27, paper_ratio.fillna(0), 0.27, color=PAPER_COLOUR, label="paper (GPU)")
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xticks(x, models, rotation=30, ha="right")
+    ax.set_ylabel(f"images/s relative to {summary['reference_model'].iloc[0]}")
+    ax.legend()
+    ax.set_title("Runtime (Sec. 4.1): throughput relative to ResNet-50, same run")
+    return save_figure(fig, figures_dir / "runtime_relative")
+
+
+EXPERIMENT = Experiment(
+    name="runtime", title="inference throughput relative to ResNet-50", paper_ref="Sec. 4.1",
+    run=run, make_figures=make_figures, rank=20,
+)

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""bagrepro: reproduce Brendel & Bethge (ICLR 2019) end to end.
+
+    python run_all.py                                   # the default profile, every experiment
+    python run_all.py --profile smoke --experiment accuracy
+    python run_all.py --profile paper --data /data/imagenet/val --experiment masking
+    python run_all.py --figures-only                    # figures from existing CSVs
+    python run_all.py --list                            # experiments, profiles, models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bagrepro.errors import BagreproError
+from bagrepro.profiles import DEFAULT_PROFILE, PROFILES
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                        help="experiment to run (repeatable; 'all' is the default)")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="zoo names or globs (default: the profile's)")
+    parser.add_argument("--register-models", action="append", default=[], metavar="FILE.py",
+                        help="a Python file of @register_model entries (your own models), repeatable")
+    parser.add_argument("--data", help="image folder: ImageNet validation (any common layout) or your ImageFolder")
+    parser.add_argument("--limit", type=int, help="use N images (a fixed, class-balanced subset from --seed)")
+    parser.add_argument("--weights-dir", help="folder holding weight files you downloaded yourself")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: the profile's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT, help="folder for results/ and figures/ (default: the repo)")
+    parser.add_argument("--force", action="store_true", help="recompute finished units instead of reusing them")
+    parser.add_argument("--figures-only", action="store_true", help="only make figures from existing CSVs")
+    parser.add_argument("--list", action="store_true", help="list experiments, profiles and models, then exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def list_everything() -> None:
+    from bagrepro.models import get_spec, list_models
+    from bagrepro.runner import discover_experiments
+
+    print("experiments:")
+    for experiment in discover_experiments().values():
+        print(f"  {experiment.name:<20} {experiment.paper_ref:<10} {experiment.title}")
+    print("profiles:")
+    for profile in PROFILES.values():
+        default = " (default)" if profile.name == DEFAULT_PROFILE else ""
+        print(f"  {profile.name:<20} {profile.description}{default}")
+    print("models:")
+    for name in list_models():
+        spec = get_spec(name)
+        field = f"q={spec.receptive_field}" if spec.is_bagnet else "deep"
+        weights = spec.weights.url if spec.weights else ("trained by recipe" if spec.weights_loader else "none")
+        print(f"  {name:<20} {field:<6} {spec.num_classes:>5} classes  weights: {weights}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from bagrepro.models import register_models_from_file
+        from bagrepro.runner import RunOptions, run_stages
+
+        for path in args.register_models:
+            print(f"registered {', '.join(register_models_from_file(path))} from {path}")
+        if args.list:
+            list_everything()
+            return 0
+        options = RunOptions(
+            profile=args.profile, experiments=args.experiment, models=args.models, data=args.data,
+            limit=args.limit, device=args.device, batch_size=args.batch_size, seed=args.seed, out=args.out,
+            force=args.force, quiet=args.quiet, weights_dir=args.weights_dir, figures_only=args.figures_only,
+        )
+        start = time.perf_counter()
+        timings = run_stages(options)
+        print("time per stage:")
+        for stage, seconds in timings.items():
+            print(f"  {stage:<28} {seconds:8.1f} s")
+        print(f"  {'total':<28} {time.perf_counter() - start:8.1f} s")
+        return 0
+    except BagreproError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished units are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
