@@ -22,8 +22,8 @@ class Profile:
     """data: 'smoke' (generated tensors), 'demo' (the demo world) or 'imagenet' (--data folder).
 
     models: default model list (zoo names); stand_ins: paper role -> zoo name; pretrained: load
-    weights; num_images: images per run (None = all); image_size: side of the generated images
-    (smoke/demo; ImageNet's geometry comes from the models' preprocessing); settings: per-experiment
+    weights; num_images: images per run (None = all); image_size, num_classes: of the generated
+    images (smoke/demo; ImageNet's geometry comes from the models' preprocessing); settings: per-experiment
     knobs, ``{experiment: {key: value}}``.
     """
 
@@ -36,6 +36,7 @@ class Profile:
     num_images: int | None
     batch_size: int
     image_size: int | None = None
+    num_classes: int | None = None
     settings: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def role(self, role: str) -> str:
@@ -75,6 +76,7 @@ PROFILES: dict[str, Profile] = {
         num_images=24,
         batch_size=8,
         image_size=64,
+        num_classes=10,
         settings=_frozen({"runtime": {"batch_size": 8, "repeats": 2, "warmup": 1}}),
     ),
     "paper": Profile(

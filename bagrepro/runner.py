@@ -164,8 +164,7 @@ class RunContext:
             return FileImageSet(dataset, preprocess.pil_transform(),
                                 f"{len(dataset)} images from {self.options.data} ({dataset.layout})")
         if profile.data == "smoke":
-            classes = get_spec(self.model_names[0]).num_classes
-            return smoke_images(self.num_images, profile.image_size, classes, self.seed)
+            return smoke_images(self.num_images, profile.image_size, profile.num_classes, self.seed)
         if profile.data == "demo":
             from .data.demo import demo_test_images  # the demo world is only built when asked for
             images = demo_test_images(self.seed)

@@ -38,7 +38,7 @@ def _time_batch(model, batch: torch.Tensor) -> float:
 
 def run(ctx: RunContext) -> None:
     start = time.perf_counter()
-    batch_size = ctx.profile.setting("runtime", "batch_size", 64)
+    batch_size = ctx.options.batch_size or ctx.profile.setting("runtime", "batch_size", 64)
     repeats = ctx.profile.setting("runtime", "repeats", 3)
     warmup = ctx.profile.setting("runtime", "warmup", 1)
     reference = ctx.role(paper.RUNTIME_REFERENCE)
