@@ -19,7 +19,8 @@ PAPER_ROLES = ("bagnet9", "bagnet17", "bagnet33", "vgg16", "resnet50", "densenet
 
 @dataclass(frozen=True)
 class Profile:
-    """data: 'smoke' (generated tensors), 'demo' (the demo world) or 'imagenet' (--data folder).
+    """data: 'smoke' (generated tensors), 'demo' (the demo world), 'imagenet' (--data: an ImageNet
+    validation layout) or 'folder' (--data: any ImageFolder).
 
     models: default model list (zoo names); stand_ins: paper role -> zoo name; pretrained: load
     weights; num_images: images per run (None = all); image_size, num_classes: of the generated
@@ -89,6 +90,17 @@ PROFILES: dict[str, Profile] = {
         num_images=None,
         batch_size=64,
         settings=_frozen({"runtime": {"batch_size": 64, "repeats": 5, "warmup": 2}}),
+    ),
+    "custom": Profile(
+        name="custom",
+        description="your models (--models, --register-models) on your ImageFolder (--data); builders load their own weights",
+        data="folder",
+        models=(),
+        stand_ins=MappingProxyType({}),
+        pretrained=False,
+        num_images=None,
+        batch_size=32,
+        settings=_frozen({"runtime": {"batch_size": 32, "repeats": 3, "warmup": 1}}),
     ),
 }
 

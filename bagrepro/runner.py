@@ -114,6 +114,8 @@ class RunContext:
         self.options = options
         self.profile: Profile = get_profile(options.profile)
         self.model_names = resolve_model_names(options.models) if options.models else list(self.profile.models)
+        if not self.model_names:
+            raise ConfigError(f"profile '{self.profile.name}' has no default models; name them with --models")
         self.device = resolve_device(options.device)
         self.seed = options.seed
         self.batch_size = options.batch_size or self.profile.batch_size
@@ -155,14 +157,16 @@ class RunContext:
 
     def _load_images(self):
         profile = self.profile
-        if self.options.data is not None or profile.data == "imagenet":
+        if profile.data in ("imagenet", "folder"):
             if self.options.data is None:
-                raise ConfigError(f"profile '{profile.name}' needs --data DIR (the ImageNet validation images)")
+                raise ConfigError(f"profile '{profile.name}' needs --data DIR (an image folder)")
             preprocess = get_spec(self.model_names[0]).preprocess
             loader = load_imagenet_val if profile.data == "imagenet" else image_folder
             dataset = loader(self.options.data, limit=self.num_images, seed=self.seed)
             return FileImageSet(dataset, preprocess.pil_transform(),
                                 f"{len(dataset)} images from {self.options.data} ({dataset.layout})")
+        if self.options.data is not None:
+            raise ConfigError(f"profile '{profile.name}' makes its own images; use --profile paper or custom with --data")
         if profile.data == "smoke":
             return smoke_images(self.num_images, profile.image_size, profile.num_classes, self.seed)
         if profile.data == "demo":

@@ -194,3 +194,37 @@ def test_units_are_keyed_by_config(tmp_path):
     store_a.save("model/x", pd.DataFrame({"v": [1]}))
     assert store_a.done("model/x") and not store_b.done("model/x")
     assert store_a.load("model/x")["v"].tolist() == [1]
+
+
+def test_custom_profile_runs_a_user_model_on_a_user_image_folder(tmp_path):
+    """One flag registers the model, --data points at an ImageFolder: the researcher's own setting."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "my_data"
+    generator = np.random.default_rng(0)
+    for index in range(6):
+        folder = data / ("cats" if index % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = generator.integers(0, 256, (40 + index, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{index}.png")
+    source = tmp_path / "my_models.py"
+    source.write_text(textwrap.dedent("""
+        from torch import nn
+        from bagrepro.data.transforms import Preprocess
+        from bagrepro.models import register_model
+
+        @register_model("user_folder_test", num_classes=2, preprocess=Preprocess(resize=36, crop=32))
+        def user_folder_test(num_classes=2):
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, num_classes))
+    """))
+    try:
+        code = run_cli(tmp_path, "--profile", "custom", "--data", str(data), "--register-models", str(source),
+                       "--models", "user_folder_test", "--experiment", "accuracy", "--quiet")
+    finally:
+        registry.unregister_model("user_folder_test")
+    assert code == 0
+    predictions = pd.read_csv(tmp_path / "results" / "accuracy" / "predictions.csv")
+    assert sorted(predictions["image_id"]) == sorted(f"{'cats' if i % 2 else 'dogs'}/img{i}" for i in range(6))
+    assert (predictions["true_class"] == predictions["image_id"].str.startswith("dogs").astype(int)).all()
