@@ -78,7 +78,11 @@ PROFILES: dict[str, Profile] = {
         batch_size=8,
         image_size=64,
         num_classes=10,
-        settings=_frozen({"runtime": {"batch_size": 8, "repeats": 2, "warmup": 1}}),
+        settings=_frozen({
+            "runtime": {"batch_size": 8, "repeats": 2, "warmup": 1},
+            "interactions": {"patch_sizes": (6, 8, 10, 12, 16, 20), "num_images": 6},
+            "masking": {"num_images": 4, "steps": 16, "random_seeds": 2, "ig_steps": 8},
+        }),
     ),
     "paper": Profile(
         name="paper",

@@ -123,6 +123,7 @@ class RunContext:
         self.quiet = options.quiet
         self._models: dict[str, torch.nn.Module] = {}
         self._images = None
+        self._forced: set[Path] = set()
 
     # ---- places -------------------------------------------------------------------------------
     def results_dir(self, experiment: str) -> Path:
@@ -135,8 +136,9 @@ class RunContext:
         """Finished-unit store for this experiment under the current run config (+ ``config``)."""
         key = config_hash(self.run_config(), config or {})
         store = UnitStore(self.results_dir(experiment) / ".units" / key)
-        if self.force:
+        if self.force and store.folder not in self._forced:  # --force: recompute once per run, then reuse
             store.clear()
+            self._forced.add(store.folder)
         return store
 
     def run_config(self) -> dict:

@@ -71,16 +71,7 @@ def per_class(predictions: pd.DataFrame) -> pd.DataFrame:
 def run(ctx: RunContext) -> None:
     start = time.perf_counter()
     images = ctx.images()
-    store = ctx.units("accuracy")
-    frames = []
-    for name in ctx.model_names:
-        if not store.done(name):
-            frame = predict(ctx.inference_model(name), images, ctx, name)
-            frame.insert(0, "model", name)
-            frame.insert(1, "role", ctx.profile.role_of(name))
-            store.save(name, frame)
-        frames.append(store.load(name))
-    predictions = pd.concat(frames, ignore_index=True)
+    predictions = predictions_for(ctx, ctx.model_names)
     out = ctx.results_dir("accuracy")
     meta = ctx.provenance("accuracy", time.perf_counter() - start,
                           {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)"})
@@ -111,3 +102,18 @@ EXPERIMENT = Experiment(
     name="accuracy", title="top-1 / top-5 accuracy per model", paper_ref="Fig. 1B",
     run=run, make_figures=make_figures, rank=10,
 )
+
+
+def predictions_for(ctx: RunContext, names: list[str]) -> pd.DataFrame:
+    """Per-image predictions of ``names``, reusing the accuracy experiment's finished units (the same
+    store a plain ``--experiment accuracy`` run fills) and computing only what is missing."""
+    store = ctx.units("accuracy")
+    frames = []
+    for name in names:
+        if not store.done(name):
+            frame = predict(ctx.inference_model(name), ctx.images(), ctx, name)
+            frame.insert(0, "model", name)
+            frame.insert(1, "role", ctx.profile.role_of(name))
+            store.save(name, frame)
+        frames.append(store.load(name))
+    return pd.concat(frames, ignore_index=True)

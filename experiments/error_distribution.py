@@ -1,0 +1,85 @@
+"""Error distribution (Fig. 7): do BagNets and deep networks get the same classes right?
+
+Per-class top-5 accuracy of BagNet-33 against VGG-16, ResNet-50, ResNet-152 and DenseNet-169, and of
+VGG-11 against VGG-16 (profile stand-ins elsewhere), from the accuracy experiment's per-image rows
+(reused, computed only where missing). Per pair: Pearson r of the per-class accuracies and, beyond
+the paper, Cohen's kappa error consistency of top-1 correctness per image (Geirhos et al. 2020).
+
+Writes ``results/error_distribution/per_class.csv`` (pair, model_x, model_y, class, top5_x,
+top5_y) and ``pairs.csv`` (pair, pearson_r of per-class top-5, kappa, accuracies).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bagrepro.metrics import error_consistency
+from bagrepro.plotting import new_figure, save_figure
+from bagrepro.results import read_csv, write_csv
+from bagrepro.runner import Experiment, RunContext
+from experiments.accuracy import predictions_for
+
+PAIRS = (("bagnet33", "vgg16"), ("bagnet33", "resnet50"), ("bagnet33", "resnet152"),
+         ("bagnet33", "densenet169"), ("vgg11", "vgg16"))
+
+
+def compare(predictions: pd.DataFrame, x: str, y: str) -> tuple[pd.DataFrame, dict]:
+    """Per-class top-5 of models x and y, and the pair's r and kappa."""
+    a = predictions[predictions["model"] == x].set_index("image_id")
+    b = predictions[predictions["model"] == y].set_index("image_id").reindex(a.index)
+    per_class = pd.DataFrame({
+        "class": a["true_class"],
+        "top5_x": a["correct_top5"].astype(float) * 100,
+        "top5_y": b["correct_top5"].astype(float) * 100,
+    }).groupby("class").mean().reset_index()
+    r = stats.pearsonr(per_class["top5_x"], per_class["top5_y"]).statistic if len(per_class) > 2 else np.nan
+    summary = {"pearson_r_per_class_top5": r, "kappa_top1": error_consistency(a["correct_top1"], b["correct_top1"]),
+               "top1_x": a["correct_top1"].mean() * 100, "top1_y": b["correct_top1"].mean() * 100,
+               "n_images": len(a), "n_classes": len(per_class)}
+    return per_class, summary
+
+
+def run(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    pairs = [(ctx.role(x), ctx.role(y), f"{x} vs {y}") for x, y in PAIRS]
+    names = list(dict.fromkeys(name for x, y, _ in pairs for name in (x, y)))
+    predictions = predictions_for(ctx, names)
+    class_rows, pair_rows = [], []
+    for x, y, label in pairs:
+        per_class, summary = compare(predictions, x, y)
+        class_rows.append(per_class.assign(pair=label, model_x=x, model_y=y))
+        pair_rows.append({"pair": label, "model_x": x, "model_y": y, **summary})
+    meta = ctx.provenance("error_distribution", time.perf_counter() - start, {"source": "accuracy units"})
+    out = ctx.results_dir("error_distribution")
+    columns = ["pair", "model_x", "model_y", "class", "top5_x", "top5_y"]
+    write_csv(pd.concat(class_rows, ignore_index=True)[columns], out / "per_class.csv", meta)
+    write_csv(pd.DataFrame(pair_rows), out / "pairs.csv", meta)
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Fig. 7: per-class top-5 scatter per pair, with r and kappa on each panel."""
+    per_class = read_csv(results_dir / "per_class.csv")
+    pairs = read_csv(results_dir / "pairs.csv")
+    fig, axes = new_figure(1, len(pairs), figsize=(2.4 * len(pairs), 2.6), squeeze=False)
+    for ax, (_, pair) in zip(axes[0], pairs.iterrows()):
+        rows = per_class[per_class["pair"] == pair["pair"]]
+        ax.scatter(rows["top5_y"], rows["top5_x"], s=5, alpha=0.5)
+        ax.plot([0, 100], [0, 100], color="k", lw=0.5)
+        ax.set_xlim(-2, 102)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel(f"{pair['model_y']} top-5 (%)", fontsize=7)
+        ax.set_ylabel(f"{pair['model_x']} top-5 (%)", fontsize=7)
+        ax.set_title(f"r = {pair['pearson_r_per_class_top5']:.2f}, kappa = {pair['kappa_top1']:.2f}", fontsize=7)
+    fig.suptitle("Fig. 7: per-class top-5 accuracy (paper axes 40-100 %)", fontsize=9)
+    return save_figure(fig, figures_dir / "fig7_error_distribution")
+
+
+EXPERIMENT = Experiment(
+    name="error_distribution", title="per-class accuracy of BagNet-33 against deep networks",
+    paper_ref="Fig. 7", run=run, make_figures=make_figures, rank=60,
+)

@@ -1,0 +1,134 @@
+"""Interactions between image parts (Fig. 6, eq. 1).
+
+For separated masks delta_i, a bag-of-local-features model satisfies
+``l(x) - l(x + sum_i delta_i) = sum_i (l(x) - l(x + delta_i))`` exactly when the masks are more than
+q px apart. Protocol (paper.md section 3 item 8): split the image into non-overlapping s x s patches,
+mask every second patch in every second row (masked patches are s px apart) with its DC component;
+LHS: all masks at once, RHS: the sum over single masks, for the leading class's logit. The Pearson r
+of LHS against RHS across images, per model and patch size, measures interactions (1 = none).
+
+Writes ``results/interactions/terms.csv`` (model, role, image_id, patch_size, min_distance,
+n_masks, leading_class, lhs, rhs) and ``correlation.csv`` (Pearson r per model and patch size).
+Forward passes per image and model: sum over sizes of (2 + number of masks).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from bagrepro.masking import interaction_terms, separated_masks
+from bagrepro.plotting import new_figure, save_figure
+from bagrepro.results import read_csv, write_csv
+from bagrepro.runner import Experiment, RunContext
+
+DEFAULT_PATCH_SIZES = (8, 16, 24, 32, 40, 48, 56, 64)
+
+
+def _settings(ctx: RunContext) -> dict:
+    return {
+        "patch_sizes": tuple(ctx.profile.setting("interactions", "patch_sizes", DEFAULT_PATCH_SIZES)),
+        "num_images": ctx.profile.setting("interactions", "num_images", 250),
+        "fill": ctx.profile.setting("interactions", "fill", "dc"),
+        "chunk_size": ctx.profile.setting("interactions", "chunk_size", 64),
+    }
+
+
+def model_terms(ctx: RunContext, name: str, settings: dict) -> pd.DataFrame:
+    """LHS and RHS of eq. 1 for one model, every image and patch size."""
+    model = ctx.inference_model(name)
+    normalize = model.zoo_spec.preprocess.normalize
+    frames = []
+    images = ctx.images()
+    count = min(settings["num_images"], len(images))
+    for batch, _, ids in ctx.progress(images.subset(range(count)).batches(ctx.batch_size), desc=name, unit="batch"):
+        inputs = normalize(batch.to(ctx.device))
+        with torch.inference_mode():
+            leading = model(inputs).argmax(1)
+        for size in settings["patch_sizes"]:
+            n_masks = len(separated_masks(*inputs.shape[-2:], size))
+            if n_masks < 2:
+                continue  # one mask: both sides are the same number, nothing is tested
+            lhs, rhs = interaction_terms(model, inputs, leading, size, settings["fill"], settings["chunk_size"])
+            frames.append(pd.DataFrame({
+                "image_id": ids, "patch_size": size, "min_distance": size, "n_masks": n_masks,
+                "leading_class": leading.cpu().numpy(), "lhs": lhs.cpu().numpy(), "rhs": rhs.cpu().numpy(),
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def correlations(terms: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r of LHS against RHS per (model, patch size), and the largest |LHS - RHS|."""
+    rows = []
+    for (model, role, size), group in terms.groupby(["model", "role", "patch_size"], dropna=False, sort=False):
+        r = stats.pearsonr(group["lhs"], group["rhs"]).statistic if len(group) > 2 else np.nan
+        scale = np.abs(group[["lhs", "rhs"]].to_numpy()).max()
+        rows.append({"model": model, "role": role, "patch_size": size, "min_distance": group["min_distance"].iloc[0],
+                     "n_images": len(group), "pearson_r": r,
+                     "max_abs_difference": float(np.abs(group["lhs"] - group["rhs"]).max()),
+                     "max_abs_term": float(scale)})
+    return pd.DataFrame(rows)
+
+
+def run(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    settings = _settings(ctx)
+    store = ctx.units("interactions", settings)
+    frames = []
+    for name in ctx.model_names:
+        if not store.done(name):
+            frame = model_terms(ctx, name, settings)
+            frame.insert(0, "model", name)
+            frame.insert(1, "role", ctx.profile.role_of(name))
+            frame.insert(2, "receptive_field", ctx.model(name).zoo_spec.receptive_field)
+            store.save(name, frame)
+        frames.append(store.load(name))
+    terms = pd.concat(frames, ignore_index=True)
+    meta = ctx.provenance("interactions", time.perf_counter() - start, {"settings": settings})
+    out = ctx.results_dir("interactions")
+    write_csv(terms, out / "terms.csv", meta)
+    write_csv(correlations(terms), out / "correlation.csv", meta)
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Fig. 6C (r against the distance between masks, per model) and Fig. 6A (LHS vs RHS scatter)."""
+    correlation = read_csv(results_dir / "correlation.csv")
+    terms = read_csv(results_dir / "terms.csv")
+    models = list(dict.fromkeys(correlation["model"]))
+    fig, ax = new_figure(figsize=(5.5, 3.5))
+    for model in models:
+        rows = correlation[correlation["model"] == model]
+        ax.plot(rows["min_distance"], rows["pearson_r"], marker="o", label=model)
+        q = terms.loc[terms["model"] == model, "receptive_field"].iloc[0]
+        if not np.isnan(q):
+            ax.axvline(q, color=ax.lines[-1].get_color(), lw=0.6, ls=":")
+    ax.set_xlabel("minimum distance between masked patches (px)")
+    ax.set_ylabel("Pearson r (LHS, RHS of eq. 1)")
+    ax.set_title("Fig. 6C: interactions between image parts (dotted: BagNet q)")
+    ax.legend(fontsize=7)
+    paths = save_figure(fig, figures_dir / "fig6c_interactions")
+
+    size = sorted(terms["patch_size"].unique())[len(terms["patch_size"].unique()) // 2]
+    fig, axes = new_figure(1, len(models), figsize=(2.3 * len(models), 2.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = terms[(terms["model"] == model) & (terms["patch_size"] == size)]
+        ax.scatter(rows["rhs"], rows["lhs"], s=6)
+        low, high = rows[["lhs", "rhs"]].min().min(), rows[["lhs", "rhs"]].max().max()
+        ax.plot([low, high], [low, high], color="k", lw=0.6)
+        r = correlation.loc[(correlation["model"] == model) & (correlation["patch_size"] == size), "pearson_r"]
+        ax.set_title(f"{model}\nr = {r.iloc[0]:.3f}" if len(r) else model, fontsize=8)
+        ax.set_xlabel("RHS (sum of single masks)")
+    axes[0][0].set_ylabel("LHS (all masks)")
+    fig.suptitle(f"Fig. 6A: LHS against RHS at {size} px patches", fontsize=9)
+    return paths + save_figure(fig, figures_dir / "fig6a_scatter")
+
+
+EXPERIMENT = Experiment(
+    name="interactions", title="non-linear interactions between image parts (eq. 1)", paper_ref="Fig. 6",
+    run=run, make_figures=make_figures, rank=40,
+)
