@@ -24,26 +24,30 @@ from bagrepro.runner import Experiment, RunContext
 TOP_K = 5
 
 
+def score_batch(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
+    """One row per image of a batch in [0, 1]: true class, top-5, true-class logit and probability, hits."""
+    with torch.inference_mode():
+        logits = model(model.zoo_spec.preprocess.normalize(batch)).float().cpu()
+    k = min(TOP_K, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    frame = pd.DataFrame({"true_class": labels.numpy()})
+    for rank in range(k):
+        frame[f"pred_{rank + 1}"] = top[:, rank].numpy()
+    frame["true_logit"] = logits.gather(1, labels[:, None])[:, 0].numpy()
+    frame["true_prob"] = logits.softmax(1).gather(1, labels[:, None])[:, 0].numpy()
+    frame["correct_top1"] = (top[:, 0] == labels).numpy()
+    frame["correct_top5"] = (top == labels[:, None]).any(1).numpy()
+    return frame
+
+
 def predict(model: torch.nn.Module, images, ctx: RunContext, name: str) -> pd.DataFrame:
     """Per-image predictions of one model: a DataFrame with one row per image."""
-    normalize = model.zoo_spec.preprocess.normalize
-    rows = []
-    with torch.inference_mode():
-        for batch, labels, ids in ctx.progress(images.batches(ctx.batch_size), desc=name, unit="batch"):
-            logits = model(normalize(batch.to(ctx.device))).float().cpu()
-            k = min(TOP_K, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            true_logit = logits.gather(1, labels[:, None])[:, 0]
-            true_prob = logits.softmax(1).gather(1, labels[:, None])[:, 0]
-            frame = pd.DataFrame({"image_id": ids, "true_class": labels.numpy()})
-            for rank in range(k):
-                frame[f"pred_{rank + 1}"] = top[:, rank].numpy()
-            frame["true_logit"] = true_logit.numpy()
-            frame["true_prob"] = true_prob.numpy()
-            frame["correct_top1"] = (top[:, 0] == labels).numpy()
-            frame["correct_top5"] = (top == labels[:, None]).any(1).numpy()
-            rows.append(frame)
-    return pd.concat(rows, ignore_index=True)
+    frames = []
+    for batch, labels, ids in ctx.progress(images.batches(ctx.batch_size), desc=name, unit="batch"):
+        frame = score_batch(model, batch.to(ctx.device), labels)
+        frame.insert(0, "image_id", ids)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarize(predictions: pd.DataFrame) -> pd.DataFrame:
