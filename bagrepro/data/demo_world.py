@@ -1,0 +1,643 @@
+"""The demo world: a generated, labelled image set in which the paper's contrasts are visible.
+
+Every image is a cluttered scene (a smooth, noisy background, flat distractor shapes, scattered
+single dots) with the evidence of its class painted on top. Three kinds of class:
+
+- **texture** classes (local): two or three blobs filled with the class's texture (stripes of one
+  orientation, a checkerboard, polka dots, waves, a cross-hatch). A texture repeats every few pixels,
+  so any window of a BagNet-9 inside a blob already shows it.
+- **dimer** classes (local, but at the scale between 9 and 17 px): the class's vocabulary of small
+  parts made of 3 px dots, 8 px apart (a horizontal or vertical pair; a diagonal pair; an L-shaped
+  triple). Every image holds the same number of dots, and single dots are scattered in every image,
+  so a 9 px window, which never sees two dots of a part, sees nothing class-specific; a 17 px window
+  sees whole parts.
+- **arrangement** classes (global): the same two parts A (a bullseye) and B (a framed square) in
+  every image, side by side, one above the other, or diagonal. The parts sit on a 2 x 2 lattice of
+  positions (spacing a multiple of 8, jitter of one full stride period), A and B in random order, so
+  each part has the same position distribution in every arrangement class and the same phase
+  relative to a BagNet's stride-8 window grid. They are more than ``guard`` px apart (no window of a
+  BagNet-q with q <= guard sees both) and at least ``guard`` px from every border (every window that
+  could see a part exists, so a window's view never tells where the part is). Only a model that
+  relates the two parts can tell the classes apart.
+
+Ground truth: ``masks[i]`` is True exactly on the pixels painted as class evidence (texture blobs,
+the dots of the class's parts, the two arrangement parts); evidence is painted last, so nothing
+occludes it. :func:`render_images` with ``evidence=False`` draws the same scenes without the
+evidence, for checks.
+
+Splits (train / val / test) use independent random streams derived from the seed; image ids are
+``"<split>-<index>"``. The world is cached under ``cache_dir()/world-<hash>/world.npz`` (compressed)
+and rebuilt from the seed when missing (a few seconds).
+
+Shapes: ``images`` uint8 [N, S, S, 3]; ``labels`` int64 [N]; ``masks`` bool [N, S, S]; ``ids`` str [N].
+As tensors: :meth:`WorldSplit.tensor` (float32 [N, 3, S, S] in [0, 1]) and
+:meth:`WorldSplit.normalized` (minus :data:`WORLD_MEAN`, over :data:`WORLD_STD`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cache import cache_dir, config_hash
+from ..errors import ConfigError, DataError
+
+#: bump when the generator changes what it draws: it is part of the cache key of worlds and models
+GENERATOR_VERSION = 1
+
+#: per-channel mean / std of the default world's training images (RGB in [0, 1]); the demo zoo's
+#: inputs are ``(x - WORLD_MEAN) / WORLD_STD``
+WORLD_MEAN = (0.5, 0.5, 0.5)
+WORLD_STD = (0.25, 0.25, 0.25)
+
+SPLITS = ("train", "val", "test")
+GROUPS = ("local", "arrangement")
+
+#: BagNets see input windows on a grid of stride 8
+STRIDE = 8
+#: dimer parts: dots of DOT px, DOT_GAP px apart (no 9 px window sees two dots of one part)
+DOT = 3
+DOT_GAP = 8
+DOT_PITCH = DOT + DOT_GAP
+
+
+@dataclass(frozen=True)
+class TextureSpec:
+    """A texture class: pattern kind, wave-vector angle (degrees), period (px), two RGB colours."""
+
+    name: str
+    kind: str
+    angle: float
+    period: float
+    foreground: tuple[float, float, float]
+    background: tuple[float, float, float]
+
+
+#: the texture vocabulary, in class order (every definition is unchanged by horizontal/vertical flips)
+TEXTURES = (
+    TextureSpec("vertical-stripes", "stripes", 0.0, 6.0, (0.95, 0.82, 0.15), (0.12, 0.10, 0.10)),
+    TextureSpec("horizontal-stripes", "stripes", 90.0, 6.0, (0.95, 0.82, 0.15), (0.12, 0.10, 0.10)),
+    TextureSpec("checkerboard", "checker", 0.0, 8.0, (0.95, 0.95, 0.95), (0.15, 0.30, 0.70)),
+    TextureSpec("polka-dots", "dots", 0.0, 7.0, (0.97, 0.96, 0.88), (0.72, 0.10, 0.16)),
+    TextureSpec("waves", "waves", 0.0, 7.0, (0.15, 0.60, 0.22), (0.88, 0.94, 0.82)),
+    TextureSpec("cross-hatch", "hatch", 45.0, 7.0, (0.62, 0.16, 0.64), (0.95, 0.90, 0.95)),
+)
+
+#: the dimer vocabularies: each class's parts as dot offsets (row, col) in units of DOT_PITCH; every
+#: class's set of parts is closed under flips
+DIMERS = {
+    "dimer-straight": (((0, 0), (0, 1)), ((0, 0), (1, 0))),
+    "dimer-diagonal": (((0, 0), (1, 1)), ((0, 1), (1, 0))),
+    "dot-triangle": (((0, 0), (0, 1), (1, 0)), ((0, 0), (0, 1), (1, 1)),
+                     ((0, 0), (1, 0), (1, 1)), ((0, 1), (1, 0), (1, 1))),
+}
+#: dots of class evidence per dimer image (the same for every dimer class: dot counts tell nothing)
+DIMER_DOTS = 12
+
+#: the arrangement classes: which cells of the 2 x 2 lattice (row, col) the two parts occupy;
+#: each class lists its alternatives (drawn with equal probability)
+ARRANGEMENTS = {
+    "pair-side-by-side": (((0, 0), (0, 1)), ((1, 0), (1, 1))),
+    "pair-stacked": (((0, 0), (1, 0)), ((0, 1), (1, 1))),
+    "pair-diagonal": (((0, 0), (1, 1)), ((0, 1), (1, 0))),
+}
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Everything that determines a demo world (its hash names the cache entry).
+
+    seed: the world's seed; image_size: side S in px (S - 1 must be a multiple of 8, so the windows
+    of every BagNet-q, q in 9/17/33, tile the image exactly); *_per_class: images per class in each
+    split; textures / dimers / arrangements: how many classes of each kind (the first n of
+    :data:`TEXTURES`, :data:`DIMERS`, :data:`ARRANGEMENTS`); guard: the arrangement classes are
+    invisible to BagNets with q <= guard (parts more than guard px apart and at least guard px from
+    the borders); part_size: side of the arrangement parts in px; distractor_shapes /
+    distractor_dots: clutter per image.
+    """
+
+    seed: int = 0
+    image_size: int = 81
+    train_per_class: int = 250
+    val_per_class: int = 25
+    test_per_class: int = 75
+    textures: int = 6
+    dimers: int = 3
+    arrangements: int = 3
+    guard: int = 17
+    part_size: int = 8
+    distractor_shapes: int = 7
+    distractor_dots: int = 8
+
+    def __post_init__(self):
+        if not 2 * self.guard + 16 <= self.image_size <= 128 or (self.image_size - 1) % STRIDE:
+            raise ConfigError(f"demo world image_size {self.image_size}: must be 8k + 1 px, at most 128 "
+                              f"and at least 2 * guard + 16")
+        if not (0 <= self.textures <= len(TEXTURES) and 0 <= self.dimers <= len(DIMERS)
+                and self.arrangements in (0, 2, 3)):
+            raise ConfigError(f"demo world class counts: textures 0..{len(TEXTURES)}, dimers 0..{len(DIMERS)}, "
+                              f"arrangements 0, 2 or 3 (got {self.textures}, {self.dimers}, {self.arrangements})")
+        if self.textures + self.dimers + self.arrangements < 2:
+            raise ConfigError("a demo world needs at least two classes")
+        if min(self.train_per_class, self.val_per_class, self.test_per_class) < 1:
+            raise ConfigError("a demo world needs at least one image per class in every split")
+        if self.arrangements:
+            arrangement_lattice(self)  # raises when the lattice does not fit
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return (tuple(t.name for t in TEXTURES[:self.textures]) + tuple(list(DIMERS)[:self.dimers])
+                + tuple(list(ARRANGEMENTS)[:self.arrangements]))
+
+    @property
+    def class_kinds(self) -> tuple[str, ...]:
+        """'texture', 'dimer' or 'arrangement' per class."""
+        return ("texture",) * self.textures + ("dimer",) * self.dimers + ("arrangement",) * self.arrangements
+
+    @property
+    def class_groups(self) -> tuple[str, ...]:
+        """'local' (texture and dimer classes) or 'arrangement' per class."""
+        return tuple("arrangement" if kind == "arrangement" else "local" for kind in self.class_kinds)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_kinds)
+
+    def per_class(self, split: str) -> int:
+        return {"train": self.train_per_class, "val": self.val_per_class, "test": self.test_per_class}[split]
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the config and the generator version: names the cached world and enters model keys."""
+        return config_hash(self, {"generator_version": GENERATOR_VERSION})
+
+
+def arrangement_lattice(config: WorldConfig) -> tuple[int, int]:
+    """(origin, spacing) of the arrangement parts' 2 x 2 lattice, in px.
+
+    A part's top-left corner lies at ``origin + cell * spacing + jitter`` on each axis, with cell in
+    {0, 1} and jitter in [0, 8). spacing is the smallest multiple of 8 that leaves more than ``guard``
+    px between the parts; origin centres the lattice, which must leave ``guard`` px to every border.
+    """
+    size, part, guard = config.image_size, config.part_size, config.guard
+    spacing = STRIDE * math.ceil((part + guard + 1) / STRIDE)
+    extent = spacing + STRIDE - 1 + part
+    origin = (size - extent) // 2
+    if origin < guard or size - (origin + extent) < guard:
+        raise ConfigError(f"demo world: arrangement parts of {part} px with guard {guard} need images of at "
+                          f"least {2 * guard + extent} px (got {size})")
+    return origin, spacing
+
+
+# ---- the world -----------------------------------------------------------------------------------
+
+@dataclass
+class WorldSplit:
+    """One split. images uint8 [N, S, S, 3]; labels int64 [N]; masks bool [N, S, S]; ids str [N]."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def tensor(self, indices=None) -> torch.Tensor:
+        """Images as float32 [N, 3, S, S] in [0, 1] (all, or those at ``indices``)."""
+        return to_tensor(self.images if indices is None else self.images[indices])
+
+    def normalized(self, indices=None) -> torch.Tensor:
+        """Images as the demo zoo's inputs: float32 [N, 3, S, S], normalised per channel."""
+        return normalize(self.tensor(indices))
+
+    def label_tensor(self, indices=None) -> torch.Tensor:
+        """Labels as int64 [N]."""
+        return torch.from_numpy(self.labels if indices is None else self.labels[indices])
+
+    def mask_tensor(self, indices=None) -> torch.Tensor:
+        """Evidence masks as bool [N, S, S]."""
+        return torch.from_numpy(self.masks if indices is None else self.masks[indices])
+
+    def image_ids(self, indices=None) -> list[str]:
+        return [str(i) for i in (self.ids if indices is None else self.ids[indices])]
+
+
+@dataclass
+class DemoWorld:
+    """A generated world: its config, class names / kinds / groups and the three splits."""
+
+    config: WorldConfig
+    splits: dict[str, WorldSplit] = field(repr=False)
+
+    @property
+    def train(self) -> WorldSplit:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> WorldSplit:
+        return self.splits["val"]
+
+    @property
+    def test(self) -> WorldSplit:
+        return self.splits["test"]
+
+    def split(self, name: str) -> WorldSplit:
+        if name not in self.splits:
+            raise ConfigError(f"unknown demo world split '{name}'; choose from {', '.join(SPLITS)}")
+        return self.splits[name]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    @property
+    def class_kinds(self) -> tuple[str, ...]:
+        return self.config.class_kinds
+
+    @property
+    def class_groups(self) -> tuple[str, ...]:
+        return self.config.class_groups
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def classes_in_group(self, group: str) -> list[int]:
+        """Class indices of a group ('local', 'arrangement', or a kind: 'texture', 'dimer')."""
+        if group == "all":
+            return list(range(self.num_classes))
+        found = [c for c in range(self.num_classes) if group in (self.class_groups[c], self.class_kinds[c])]
+        if not found and group not in GROUPS + ("texture", "dimer"):
+            raise ConfigError(f"unknown class group '{group}'; choose from all, local, arrangement, texture, dimer")
+        return found
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, S, S, 3] -> float32 [N, 3, S, S] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """float [N, 3, S, S] in [0, 1] -> (x - WORLD_MEAN) / WORLD_STD per channel."""
+    mean = torch.tensor(WORLD_MEAN, dtype=images.dtype, device=images.device)[:, None, None]
+    std = torch.tensor(WORLD_STD, dtype=images.dtype, device=images.device)[:, None, None]
+    return (images - mean) / std
+
+
+def world_path(config: WorldConfig) -> Path:
+    """Where the world of ``config`` is cached."""
+    return cache_dir() / f"world-{config.fingerprint}" / "world.npz"
+
+
+def make_world(config: WorldConfig | None = None, cache: bool = True, force: bool = False) -> DemoWorld:
+    """The demo world of ``config`` (default: :class:`WorldConfig()`), from the cache or generated.
+
+    cache: read and write ``cache_dir()/world-<hash>/world.npz``; force: regenerate even if cached.
+    """
+    config = config or WorldConfig()
+    path = world_path(config)
+    if cache and not force and path.exists():
+        try:
+            return _load_world(config, path)
+        except (OSError, ValueError, KeyError) as error:  # a damaged entry: rebuild it
+            print(f"warning: rebuilding the demo world cache {path} ({error})")
+    world = generate_world(config)
+    if cache:
+        _save_world(world, path)
+    return world
+
+
+def generate_world(config: WorldConfig | None = None) -> DemoWorld:
+    """Generate the world of ``config`` (no cache)."""
+    config = config or WorldConfig()
+    splits = {}
+    for split_index, split in enumerate(SPLITS):
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, split_index]))
+        labels = np.repeat(np.arange(config.num_classes, dtype=np.int64), config.per_class(split))
+        labels = labels[rng.permutation(len(labels))]
+        images, masks = render_images(config, labels, rng)
+        ids = np.array([f"{split}-{i:05d}" for i in range(len(labels))])
+        splits[split] = WorldSplit(split, images, labels, masks, ids)
+    return DemoWorld(config, splits)
+
+
+def _save_world(world: DemoWorld, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, split in world.splits.items():
+        arrays.update({f"{name}_images": split.images, f"{name}_labels": split.labels,
+                       f"{name}_masks": np.packbits(split.masks, axis=-1), f"{name}_ids": split.ids})
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".world-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez_compressed(stream, **arrays)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _load_world(config: WorldConfig, path: Path) -> DemoWorld:
+    size = config.image_size
+    splits = {}
+    with np.load(path, allow_pickle=False) as data:
+        for name in SPLITS:
+            masks = np.unpackbits(data[f"{name}_masks"], axis=-1, count=size).astype(bool)
+            splits[name] = WorldSplit(name, data[f"{name}_images"], data[f"{name}_labels"].astype(np.int64),
+                                      masks, data[f"{name}_ids"])
+            expected = config.num_classes * config.per_class(name)
+            if len(splits[name]) != expected or splits[name].images.shape[1:] != (size, size, 3):
+                raise ValueError(f"split {name} holds {len(splits[name])} images, expected {expected}")
+    return DemoWorld(config, splits)
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV (each in [0, 1]) -> RGB [..., 3]."""
+    i = np.floor(h * 6.0) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    choices = [np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
+    out = np.zeros(h.shape + (3,), dtype=np.float32)
+    for k, rgb in enumerate(choices):
+        out = np.where((i == k)[..., None], rgb, out)
+    return out
+
+
+def _smooth_field(rng: np.random.Generator, n: int, channels: int, grid: int, size: int) -> torch.Tensor:
+    """Smooth random field [n, size, size, channels]: uniform noise on a grid x grid lattice, upsampled."""
+    coarse = torch.from_numpy(rng.random((n, channels, grid, grid), dtype=np.float32))
+    fine = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
+    return fine.permute(0, 2, 3, 1)
+
+
+def _background(rng: np.random.Generator, n: int, size: int) -> torch.Tensor:
+    """Muted two-colour backgrounds with blotches: float32 [n, S, S, 3]."""
+    hue = rng.random((n, 2), dtype=np.float32)
+    hue[:, 1] = (hue[:, 0] + rng.uniform(0.05, 0.35, n)) % 1.0
+    sat = rng.uniform(0.12, 0.45, (n, 2)).astype(np.float32)
+    val = rng.uniform(0.35, 0.8, (n, 2)).astype(np.float32)
+    colours = torch.from_numpy(_hsv_to_rgb(hue, sat, val))  # [n, 2, 3]
+    mix = (_smooth_field(rng, n, 1, 5, size) * 1.4 - 0.2).clamp_(0, 1)
+    image = torch.lerp(colours[:, None, None, 0], colours[:, None, None, 1], mix)
+    return image.add_(_smooth_field(rng, n, 3, 11, size).sub_(0.5).mul_(0.12))
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
+    return rows, cols
+
+
+def _paint_distractor_shapes(rng, image: np.ndarray, count: int) -> None:
+    """Flat ellipses and rectangles of random muted-to-bright colours (drawn for every image).
+
+    Each shape is evaluated only on the window around it (vectorised over images), not on the
+    whole image.
+    """
+    n, size = image.shape[:2]
+    max_radius = 11.0
+    centre = rng.uniform(-4, size + 4, (n, count, 2)).astype(np.float32)
+    radius = rng.uniform(2.5, max_radius, (n, count, 2)).astype(np.float32)
+    is_rect = rng.random((n, count)) < 0.5
+    present = rng.random((n, count)) < 0.8
+    colour = _hsv_to_rgb(rng.random((n, count), dtype=np.float32),
+                         rng.uniform(0.1, 0.7, (n, count)).astype(np.float32),
+                         rng.uniform(0.2, 0.9, (n, count)).astype(np.float32))
+    span = np.arange(-int(max_radius) - 1, int(max_radius) + 2)
+    images = np.arange(n)[:, None, None]
+    for k in range(count):
+        base = np.floor(centre[:, k]).astype(np.int64)  # [n, 2]
+        r = base[:, 0, None, None] + span[None, :, None]  # [n, w, 1]
+        c = base[:, 1, None, None] + span[None, None, :]  # [n, 1, w]
+        dr = np.abs((r - centre[:, k, 0, None, None]) / radius[:, k, 0, None, None])
+        dc = np.abs((c - centre[:, k, 1, None, None]) / radius[:, k, 1, None, None])
+        inside = np.where(is_rect[:, k, None, None], np.maximum(dr, dc), dr ** 2 + dc ** 2) <= 1
+        inside &= present[:, k, None, None] & (r >= 0) & (r < size) & (c >= 0) & (c < size)
+        which, rr, cc = np.broadcast_arrays(images, r, c)
+        image[which[inside], rr[inside], cc[inside]] = colour[which[inside], k]
+
+
+def _dot_colours(rng, shape) -> np.ndarray:
+    """High-contrast dot colours (dark or bright, any hue): [*shape, 3]."""
+    bright = rng.random(shape) < 0.5
+    value = np.where(bright, rng.uniform(0.85, 1.0, shape), rng.uniform(0.05, 0.25, shape)).astype(np.float32)
+    return _hsv_to_rgb(rng.random(shape, dtype=np.float32), rng.uniform(0.0, 0.8, shape).astype(np.float32), value)
+
+
+def _paint_squares(image: np.ndarray, mask: np.ndarray | None, top_left: np.ndarray, side: int,
+                   colours: np.ndarray, valid: np.ndarray) -> None:
+    """Paint side x side squares at top_left [n, k, 2] (rows, cols; may be partly outside)."""
+    n, size = image.shape[:2]
+    index = np.broadcast_to(np.arange(n)[:, None], valid.shape)
+    for dr in range(side):
+        for dc in range(side):
+            r, c = top_left[..., 0] + dr, top_left[..., 1] + dc
+            ok = valid & (r >= 0) & (r < size) & (c >= 0) & (c < size)
+            image[index[ok], r[ok], c[ok]] = colours[ok]
+            if mask is not None:
+                mask[index[ok], r[ok], c[ok]] = True
+
+
+def _texture(kind: str, rows, cols, angle, period, phase) -> np.ndarray:
+    """Foreground weight in [0, 1] of a texture: [m, S, S] from per-image angle/period/phase [m, 2]."""
+    a = np.deg2rad(angle)[:, None, None]
+    k = (2 * np.pi / period)[:, None, None]
+    u = (cols * np.cos(a) + rows * np.sin(a)) * k + phase[:, 0, None, None]
+    v = (-cols * np.sin(a) + rows * np.cos(a)) * k + phase[:, 1, None, None]
+    if kind == "stripes":
+        signal = np.sin(u)
+    elif kind == "checker":
+        signal = np.sin(u) * np.sin(v) * 1.5
+    elif kind == "dots":
+        signal = np.cos(u) + np.cos(v) - 0.9
+    elif kind == "waves":
+        signal = np.sin(u + 1.6 * np.sin(v * 0.5))
+    elif kind == "hatch":
+        signal = np.maximum(np.cos(u), np.cos(v)) - 0.55
+    else:
+        raise ValueError(kind)
+    return 1.0 / (1.0 + np.exp(-6.0 * signal))
+
+
+def _paint_textures(rng, image, mask, labels, config: WorldConfig, evidence: bool) -> None:
+    """Texture classes: 2-3 elliptic blobs filled with the class texture."""
+    n, size = image.shape[:2]
+    rows, cols = _grid(size)
+    blobs = 3
+    centre = rng.uniform(8, size - 8, (n, blobs, 2)).astype(np.float32)
+    radius = rng.uniform(9.0, 15.0, (n, blobs, 2)).astype(np.float32)
+    present = np.ones((n, blobs), bool)
+    present[:, 2] = rng.random(n) < 0.5
+    angle_jitter = rng.uniform(-6, 6, n).astype(np.float32)
+    period_scale = rng.uniform(0.9, 1.1, n).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (n, 2)).astype(np.float32)
+    colour_jitter = rng.normal(0, 0.04, (n, 2, 3)).astype(np.float32)
+    shading = _smooth_field(rng, n, 1, 3, size)[..., 0].numpy()
+    if not evidence:
+        return
+    for c, spec in enumerate(TEXTURES[:config.textures]):
+        chosen = np.flatnonzero(labels == c)
+        if not len(chosen):
+            continue
+        dr = (rows[None, None] - centre[chosen, :, 0, None, None]) / radius[chosen, :, 0, None, None]
+        dc = (cols[None, None] - centre[chosen, :, 1, None, None]) / radius[chosen, :, 1, None, None]
+        blob = ((dr ** 2 + dc ** 2 <= 1) & present[chosen, :, None, None]).any(axis=1)
+        weight = _texture(spec.kind, rows[None], cols[None], spec.angle + angle_jitter[chosen],
+                          spec.period * period_scale[chosen], phase[chosen])[..., None]
+        fg = np.asarray(spec.foreground, np.float32) + colour_jitter[chosen, 0, None, None]
+        bg = np.asarray(spec.background, np.float32) + colour_jitter[chosen, 1, None, None]
+        light = (0.85 + 0.3 * shading[chosen])[..., None]
+        texture = (fg * weight + bg * (1 - weight)) * light
+        image[chosen] = np.where(blob[..., None], texture, image[chosen])
+        mask[chosen] |= blob
+
+
+def _paint_dimers(rng, image, mask, labels, config: WorldConfig, evidence: bool) -> None:
+    """Dimer classes: DIMER_DOTS dots of class evidence, grouped into the class's parts."""
+    n, size = image.shape[:2]
+    first = config.textures
+    offsets = np.zeros((n, DIMER_DOTS, 2), np.int64)
+    valid = np.zeros((n, DIMER_DOTS), bool)
+    choice = rng.integers(0, 4, (n, DIMER_DOTS))
+    anchors = rng.integers(-1, size - DOT_PITCH - DOT + 2, (n, DIMER_DOTS, 2))
+    colours = _dot_colours(rng, (n, DIMER_DOTS))
+    for c, (name, parts) in enumerate(list(DIMERS.items())[:config.dimers]):
+        dots_per_part = len(parts[0])
+        for i in np.flatnonzero(labels == first + c):
+            for p in range(DIMER_DOTS // dots_per_part):
+                part = parts[choice[i, p] % len(parts)]
+                for d, (dr, dc) in enumerate(part):
+                    slot = p * dots_per_part + d
+                    offsets[i, slot] = anchors[i, p] + DOT_PITCH * np.array((dr, dc))
+                    valid[i, slot] = True
+    if evidence:
+        _paint_squares(image, mask, offsets, DOT, colours, valid)
+
+
+def _part_sprites(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Arrangement parts A (bullseye) and B (framed square): colours [2, side, side, 3], alpha [2, side, side]."""
+    rows, cols = _grid(side)
+    centre = (side - 1) / 2
+    dist = np.sqrt((rows - centre) ** 2 + (cols - centre) ** 2)
+    sprites = np.zeros((2, side, side, 3), np.float32)
+    alpha = np.zeros((2, side, side), bool)
+    alpha[0] = dist <= side / 2
+    sprites[0] = np.where((dist <= side / 4.5)[..., None], (0.1, 0.05, 0.3), (1.0, 0.55, 0.05))
+    alpha[1] = True
+    edge = (np.minimum(rows, cols) < 1) | (np.maximum(rows, cols) > side - 2)
+    sprites[1] = np.where(edge[..., None], (0.98, 0.98, 0.98), (0.05, 0.75, 0.85))
+    return sprites, alpha
+
+
+def _paint_arrangements(rng, image, mask, labels, config: WorldConfig, evidence: bool) -> None:
+    """Arrangement classes: parts A and B on the 2 x 2 lattice in the class's configuration."""
+    n = image.shape[0]
+    first = config.textures + config.dimers
+    alternative = rng.integers(0, 2, n)
+    swap = rng.integers(0, 2, n)
+    jitter = rng.integers(0, STRIDE, (n, 2))
+    if not evidence or not config.arrangements:
+        return
+    origin, spacing = arrangement_lattice(config)
+    side = config.part_size
+    sprites, alpha = _part_sprites(side)
+    for c, alternatives in enumerate(list(ARRANGEMENTS.values())[:config.arrangements]):
+        for i in np.flatnonzero(labels == first + c):
+            cells = alternatives[alternative[i]]
+            for part, cell in zip((swap[i], 1 - swap[i]), cells):
+                r0, c0 = origin + np.array(cell) * spacing + jitter[i]
+                window = image[i, r0:r0 + side, c0:c0 + side]
+                window[alpha[part]] = sprites[part][alpha[part]]
+                mask[i, r0:r0 + side, c0:c0 + side] |= alpha[part]
+
+
+def render_images(config: WorldConfig, labels: np.ndarray, rng: np.random.Generator,
+                  evidence: bool = True, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Render one image per label: (images uint8 [N, S, S, 3], evidence masks bool [N, S, S]).
+
+    evidence=False draws exactly the same random numbers but leaves the class evidence unpainted
+    (masks all False): the difference between the two renderings lies inside the masks.
+    """
+    size = config.image_size
+    images = np.empty((len(labels), size, size, 3), np.uint8)
+    masks = np.zeros((len(labels), size, size), bool)
+    for start in range(0, len(labels), chunk):
+        part = labels[start:start + chunk]
+        n = len(part)
+        scene = _background(rng, n, size)
+        image = scene.numpy()  # the same memory: the painters below write into it
+        _paint_distractor_shapes(rng, image, config.distractor_shapes)
+        dots = rng.integers(-1, size - 1, (n, config.distractor_dots, 2))
+        _paint_squares(image, None, dots, DOT, _dot_colours(rng, dots.shape[:2]),
+                       np.ones(dots.shape[:2], bool))
+        mask = masks[start:start + n]
+        _paint_textures(rng, image, mask, part, config, evidence)
+        _paint_dimers(rng, image, mask, part, config, evidence)
+        _paint_arrangements(rng, image, mask, part, config, evidence)
+        grain = torch.from_numpy(rng.random((n, size, size, 3), dtype=np.float32)).sub_(0.5).mul_(0.07)
+        final = scene.add_(grain).mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+        images[start:start + n] = final.numpy()
+    return images, masks
+
+
+# ---- pictures ------------------------------------------------------------------------------------
+
+def save_example_grid(world: DemoWorld, path, split: str = "train", per_class: int = 4,
+                      show_masks: bool = True, dpi: int = 100) -> Path:
+    """A labelled grid of examples: one row per class, ``per_class`` images, and (show_masks) the
+    first example's evidence mask as an overlay. Written as a palette PNG (small), returns the path."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    data = world.split(split)
+    columns = per_class + (1 if show_masks else 0)
+    rows = world.num_classes
+    size = world.image_size
+    inches = size * 1.6 / dpi
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * inches + 1.9, rows * inches + 0.4), dpi=dpi,
+                             squeeze=False)
+    for c in range(rows):
+        chosen = np.flatnonzero(data.labels == c)[:per_class]
+        for j in range(columns):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(chosen):
+                ax.imshow(data.images[chosen[j]], interpolation="nearest")
+            elif show_masks and j == per_class and len(chosen):
+                shaded = data.images[chosen[0]].astype(np.float32) / 255 * 0.35
+                shaded[data.masks[chosen[0]]] = (1.0, 0.2, 0.2)
+                ax.imshow(shaded, interpolation="nearest")
+            else:
+                ax.set_axis_off()
+            if c == 0 and show_masks and j == per_class:
+                ax.set_title("evidence", fontsize=8)
+        axes[c, 0].set_ylabel(f"{c}: {world.class_names[c]}\n({world.class_kinds[c]})", rotation=0,
+                              ha="right", va="center", fontsize=8)
+    fig.suptitle(f"demo world (seed {world.config.seed}, {size} px, {split} split)", fontsize=9)
+    fig.subplots_adjust(left=1.8 / (columns * inches + 1.9), right=0.99, top=1 - 0.35 / (rows * inches + 0.4),
+                        bottom=0.01, wspace=0.05, hspace=0.05)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp.png")
+    fig.savefig(temp, dpi=dpi)
+    plt.close(fig)
+    Image.open(temp).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    temp.unlink()
+    return path

@@ -1,0 +1,292 @@
+"""Training the demo zoo on the demo world, deterministically on the CPU, with a cache.
+
+- :class:`TrainRecipe`: epochs, batch size, SGD settings, warm-up + cosine schedule, flips, seed.
+  :func:`default_recipe` gives each demo architecture's recipe (BagNets are slower per image, so
+  they get fewer epochs).
+- :func:`train_model`: trains one demo architecture on ``world.train``; the same seed gives the
+  same weights (seeded initialisation, a fixed data order and fixed flips drawn from a private
+  generator, ``torch.use_deterministic_algorithms`` during training; the global RNG state of the
+  caller is left as it was). After the last step BatchNorm statistics are re-estimated over the
+  training images (the released BagNet stem has BatchNorm momentum 0.001, whose running averages
+  would still be far from the data after a few hundred steps).
+- :func:`get_trained`: the trained model from ``cache_dir()/demo-zoo/<name>-<hash>.pt`` (a plain
+  state_dict; a ``.json`` beside it records training time and accuracies), training it first when
+  missing or when ``force``. The hash covers the recipe, the world (config and generator version),
+  the architecture name and its settings.
+- :func:`evaluate`, :func:`predict`, :func:`group_accuracies`: accuracy overall and per class group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .cache import cache_dir, config_hash
+from .data.demo_world import DemoWorld, normalize, to_tensor
+from .errors import ConfigError, WeightsError
+from .models.demo_zoo import DEMO_ARCHITECTURES, DEMO_CONFIGS
+
+#: bump when training code changes what it produces: it is part of the cache key
+TRAINING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How a demo model is trained.
+
+    SGD with Nesterov momentum; the learning rate rises linearly from 0 over ``warmup_epochs`` to
+    ``lr`` and follows a half cosine to 0 at the end. Augmentation: random horizontal / vertical
+    flips (they keep every demo-world class: textures, dimer vocabularies and arrangements are all
+    closed under flips). ``bn_recalibration_images``: training images used to re-estimate BatchNorm
+    statistics after training (0: keep the running averages).
+    """
+
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.3
+    label_smoothing: float = 0.0
+    hflip: bool = True
+    vflip: bool = True
+    seed: int = 0
+    bn_recalibration_images: int = 1000
+
+
+#: the recipe of each demo architecture (see bench/demo_zoo.py for the accuracies and times it gives)
+DEMO_RECIPES: dict[str, TrainRecipe] = {
+    "demo_bagnet9": TrainRecipe(epochs=4),
+    "demo_bagnet17": TrainRecipe(epochs=4),
+    "demo_bagnet33": TrainRecipe(epochs=4),
+    "demo_vgg16": TrainRecipe(epochs=8),
+    "demo_resnet50": TrainRecipe(epochs=8),
+    "demo_densenet169": TrainRecipe(epochs=8),
+}
+
+
+def default_recipe(name: str) -> TrainRecipe:
+    """The recipe used for ``name`` when none is given."""
+    _check_name(name)
+    return DEMO_RECIPES.get(name, TrainRecipe())
+
+
+def _check_name(name: str) -> None:
+    if name not in DEMO_ARCHITECTURES:
+        raise ConfigError(f"unknown demo model '{name}'; choose from {', '.join(DEMO_ARCHITECTURES)}")
+
+
+@contextlib.contextmanager
+def _deterministic():
+    """torch.use_deterministic_algorithms(True) for the duration, then the previous setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def _learning_rate(recipe: TrainRecipe, step: int, total: int, steps_per_epoch: int) -> float:
+    warmup = max(1, round(recipe.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return recipe.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _augment(images: torch.Tensor, recipe: TrainRecipe, generator: torch.Generator) -> torch.Tensor:
+    """Random flips per image (drawn from ``generator`` whether or not they are enabled)."""
+    flips = torch.rand(2, images.shape[0], generator=generator) < 0.5
+    if recipe.hflip:
+        images = torch.where(flips[0, :, None, None, None], images.flip(-1), images)
+    if recipe.vflip:
+        images = torch.where(flips[1, :, None, None, None], images.flip(-2), images)
+    return images
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 100) -> None:
+    """Replace every BatchNorm's running statistics by their average over ``images`` (normalised
+    inputs [N, 3, S, S]); the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not len(images):
+        model.eval()
+        return
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    for start in range(0, len(images), batch_size):
+        model(images[start:start + batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, progress: bool = True) -> nn.Module:
+    """Train demo architecture ``name`` on ``world.train`` with ``recipe`` (default: its
+    :func:`default_recipe`); returns the model in eval mode. Deterministic for a given seed on a
+    given machine and thread count."""
+    _check_name(name)
+    recipe = recipe or default_recipe(name)
+    train = world.train
+    images_u8 = torch.from_numpy(train.images)  # [N, S, S, 3], converted per batch
+    labels = train.label_tensor()
+    count = len(labels)
+    steps_per_epoch = count // recipe.batch_size  # the last partial batch is dropped
+    if steps_per_epoch < 1:
+        raise ConfigError(f"batch size {recipe.batch_size} exceeds the {count} training images")
+    total = steps_per_epoch * recipe.epochs
+    generator = torch.Generator().manual_seed(recipe.seed)
+    with torch.random.fork_rng(devices=[]), _deterministic():
+        torch.manual_seed(recipe.seed)  # initialisation and dropout
+        model = DEMO_ARCHITECTURES[name](world.num_classes)
+        decay, no_decay = [], []
+        for parameter_name, parameter in model.named_parameters():
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        optimiser = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
+                                     {"params": no_decay, "weight_decay": 0.0}],
+                                    lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+        model.train()
+        bar = tqdm(total=total, desc=f"train {name}", unit="batch", disable=not progress, leave=False)
+        step, running_loss, running_correct, running_seen = 0, 0.0, 0, 0
+        for epoch in range(recipe.epochs):
+            order = torch.randperm(count, generator=generator)
+            for batch in range(steps_per_epoch):
+                index = order[batch * recipe.batch_size:(batch + 1) * recipe.batch_size]
+                inputs = _augment(normalize(to_tensor(images_u8[index].numpy())), recipe, generator)
+                targets = labels[index]
+                for group in optimiser.param_groups:
+                    group["lr"] = _learning_rate(recipe, step, total, steps_per_epoch)
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                step += 1
+                running_loss = 0.95 * running_loss + 0.05 * loss.item() if step > 1 else loss.item()
+                running_correct += int((logits.argmax(1) == targets).sum())
+                running_seen += len(targets)
+                bar.update(1)
+                if step % 10 == 0 or step == total:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{running_loss:.3f}",
+                                    acc=f"{running_correct / running_seen:.3f}")
+            running_correct = running_seen = 0
+        bar.close()
+        if recipe.bn_recalibration_images:
+            subset = torch.randperm(count, generator=generator)[:recipe.bn_recalibration_images]
+            recalibrate_batchnorm(model, normalize(to_tensor(train.images[subset.sort().values.numpy()])))
+    return model.eval()
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 200) -> torch.Tensor:
+    """Predicted classes [N] for normalised images [N, 3, S, S] (model put in eval mode)."""
+    model.eval()
+    return torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 200) -> float:
+    """Top-1 accuracy of ``model`` on normalised images [N, 3, S, S] with labels [N]."""
+    if not len(labels):
+        return float("nan")
+    return float((predict(model, images, batch_size) == torch.as_tensor(labels)).float().mean())
+
+
+def group_accuracies(model: nn.Module, world: DemoWorld, split: str = "test",
+                     groups=("all", "local", "arrangement", "texture", "dimer"),
+                     predictions: torch.Tensor | None = None) -> dict[str, float]:
+    """Accuracy on ``split`` over all images and within each class group (images whose true class
+    belongs to the group; a prediction outside the group counts as an error). NaN for empty groups."""
+    data = world.split(split)
+    labels = data.label_tensor()
+    if predictions is None:
+        predictions = predict(model, data.normalized())
+    correct = predictions == labels
+    result = {}
+    for group in groups:
+        chosen = torch.isin(labels, torch.tensor(world.classes_in_group(group), dtype=labels.dtype))
+        result[group] = float(correct[chosen].float().mean()) if chosen.any() else float("nan")
+    return result
+
+
+# ---- cache ---------------------------------------------------------------------------------------
+
+def model_key(name: str, world: DemoWorld, recipe: TrainRecipe) -> str:
+    """Hash of everything that determines a trained demo model."""
+    return config_hash(recipe, world.config, world.config.fingerprint, name, DEMO_CONFIGS[name],
+                       {"num_classes": world.num_classes, "training_version": TRAINING_VERSION})
+
+
+def model_path(name: str, world: DemoWorld, recipe: TrainRecipe | None = None) -> Path:
+    """Cache file of the trained model: ``cache_dir()/demo-zoo/<name>-<hash>.pt``."""
+    _check_name(name)
+    recipe = recipe or default_recipe(name)
+    return cache_dir() / "demo-zoo" / f"{name}-{model_key(name, world, recipe)}.pt"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def read_training_record(name: str, world: DemoWorld, recipe: TrainRecipe | None = None) -> dict | None:
+    """The JSON record written beside a cached model (training seconds, accuracies, recipe), or None."""
+    path = model_path(name, world, recipe).with_suffix(".json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, force: bool = False,
+                progress: bool = True) -> nn.Module:
+    """Demo model ``name`` trained on ``world`` with ``recipe`` (default: :func:`default_recipe`),
+    from the cache or trained now (and cached) when missing or ``force``; in eval mode."""
+    _check_name(name)
+    recipe = recipe or default_recipe(name)
+    path = model_path(name, world, recipe)
+    if path.exists() and not force:
+        model = DEMO_ARCHITECTURES[name](world.num_classes)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as error:  # a damaged or foreign file: one clear line
+            raise WeightsError(f"cached demo model {path} cannot be loaded ({type(error).__name__}); "
+                               f"delete it or pass force=True") from None
+        return model.eval()
+    start = time.perf_counter()
+    model = train_model(name, world, recipe, progress=progress)
+    seconds = time.perf_counter() - start
+    record = {"name": name, "train_seconds": round(seconds, 2), "torch_threads": torch.get_num_threads(),
+              "recipe": asdict(recipe), "world": asdict(world.config), "world_fingerprint": world.config.fingerprint,
+              "architecture": DEMO_CONFIGS[name], "val_accuracy": group_accuracies(model, world, "val")}
+    _atomic_write(path, lambda temp: torch.save(model.state_dict(), temp))
+    _atomic_write(path.with_suffix(".json"), lambda temp: Path(temp).write_text(json.dumps(record, indent=1)))
+    return model
+
+
+__all__ = ["DEMO_RECIPES", "TrainRecipe", "default_recipe", "evaluate", "get_trained", "group_accuracies",
+           "model_path", "predict", "read_training_record", "recalibrate_batchnorm", "train_model"]

@@ -1,0 +1,61 @@
+"""Train (or load) the demo zoo and print test accuracies per class group and training times.
+
+    python bench/demo_zoo.py [--force] [--models demo_bagnet9 ...] [--seed 0]
+
+Accuracy groups: all classes; local (texture + dimer classes); arrangement (the classes that differ
+only in the global configuration of two shared parts; chance within the group is 1/3); texture and
+dimer separately (dimer parts span 14 px: invisible to a 9 px window, visible to a 17 px one).
+Training times come from the record written beside each cached model (the time of the run that
+trained it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bagrepro.data.demo_world import WorldConfig, make_world  # noqa: E402
+from bagrepro.models.demo_zoo import DEMO_ARCHITECTURES  # noqa: E402
+from bagrepro.training import get_trained, group_accuracies, model_path, read_training_record  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(DEMO_ARCHITECTURES), choices=list(DEMO_ARCHITECTURES))
+    parser.add_argument("--seed", type=int, default=0, help="world seed")
+    parser.add_argument("--force", action="store_true", help="retrain even if cached")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    world = make_world(WorldConfig(seed=args.seed))
+    print(f"world: {world.config.fingerprint}, {world.num_classes} classes, {world.image_size} px, "
+          f"train/val/test {len(world.train)}/{len(world.val)}/{len(world.test)} "
+          f"({time.perf_counter() - start:.1f} s); torch threads {torch.get_num_threads()}")
+    groups = ("all", "local", "texture", "dimer", "arrangement")
+    print(f"{'model':18s} " + " ".join(f"{g:>11s}" for g in groups) + f" {'train s':>8s} {'this run s':>10s}")
+    total_train = 0.0
+    for name in args.models:
+        began = time.perf_counter()
+        cached = model_path(name, world).exists() and not args.force
+        model = get_trained(name, world, force=args.force, progress=not args.quiet)
+        took = time.perf_counter() - began
+        record = read_training_record(name, world) or {}
+        train_seconds = record.get("train_seconds", float("nan"))
+        total_train += train_seconds
+        accuracy = group_accuracies(model, world, "test", groups=groups)
+        print(f"{name:18s} " + " ".join(f"{accuracy[g]:11.3f}" for g in groups)
+              + f" {train_seconds:8.1f} {took:9.1f}{' (cached)' if cached else ''}", flush=True)
+    print(f"training time of these models (as recorded): {total_train:.0f} s; "
+          f"this run: {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
