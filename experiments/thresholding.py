@@ -39,7 +39,7 @@ def thresholded_scores(logits: torch.Tensor, thresholds: torch.Tensor) -> tuple[
     logits [B, K, h, w]; thresholds [T]. Returns (clip, binarise), each [T, B, K].
     """
     batch, classes = logits.shape[:2]
-    values = logits.flatten(2).double().sort(-1).values  # [B, K, n]
+    values = logits.flatten(2).double().sort(-1).values.contiguous()  # [B, K, n]
     n = values.shape[-1]
     below = torch.searchsorted(values, thresholds.double().expand(batch, classes, -1).contiguous(), right=True)
     cumulative = torch.nn.functional.pad(values.cumsum(-1), (1, 0))  # [B, K, n + 1]
