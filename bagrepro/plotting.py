@@ -33,3 +33,33 @@ def save_figure(fig, path_without_suffix: Path) -> list[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def image_edges(image, quantile: float = 90.0):
+    """Boolean edge map [H, W] of an image [3, H, W] in [0, 1]: Sobel magnitude of its grey levels
+    above the given percentile (scipy.ndimage)."""
+    import numpy as np
+    from scipy import ndimage
+
+    grey = np.asarray(image, dtype=np.float32).mean(0)
+    magnitude = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1))
+    return magnitude > np.percentile(magnitude, quantile)
+
+
+def draw_heatmap(ax, heatmap, image=None, percentile: float = 99.0, title: str | None = None):
+    """The released heatmap style: a diverging colour map symmetric around zero, clipped at the 99th
+    percentile of |h|, with the image's edges overlaid in grey. heatmap [H, W]; image [3, H, W]."""
+    import numpy as np
+
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    limit = float(np.percentile(np.abs(heatmap), percentile)) or 1e-12
+    ax.imshow(heatmap, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    if image is not None:
+        edges = image_edges(image)
+        overlay = np.zeros((*edges.shape, 4), dtype=np.float32)
+        overlay[edges] = (0.4, 0.4, 0.4, 0.6)
+        ax.imshow(overlay, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)

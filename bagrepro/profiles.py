@@ -84,6 +84,7 @@ PROFILES: dict[str, Profile] = {
             "masking": {"num_images": 4, "steps": 16, "random_seeds": 2, "ig_steps": 8},
             "scrambling": {"grids": (2, 4, 8), "texture_steps": 5, "texture_images": 8,
                            "texture_note": "5 Adam steps on a random-weight VGG stand-in: not a faithful texture"},
+            "heatmaps": {"num_images": 3, "ig_steps": 8},
         }),
     ),
     "paper": Profile(

@@ -1,0 +1,48 @@
+"""A disk cache of exact BagNet heatmaps, keyed by everything that determines them.
+
+Key: model name, its weights (provenance string with hash), the image id, the preprocessing, the
+image size and the class. Values: float32 compressed arrays [H, W] under
+``cache_dir()/heatmaps/<model>/<key>.npz``. Used by the figure experiments, which ask for the same
+(image, class) heatmaps again across runs; never written into CSVs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .cache import cache_dir, config_hash
+from .heatmaps import dense_heatmaps
+from .results import atomic_path
+
+
+def _path(model, image_id: str, size: tuple[int, int], target: int):
+    spec = model.zoo_spec
+    key = config_hash(spec.name, model.weights_source, spec.preprocess, image_id, list(size), int(target))
+    return cache_dir() / "heatmaps" / spec.name / f"{key}.npz"
+
+
+def cached_heatmaps(model, images: torch.Tensor, image_ids: list[str], targets: torch.Tensor) -> torch.Tensor:
+    """Stride-1 heatmaps [B, H, W] (float32) of ``targets`` [B] for images [B, 3, H, W] in [0, 1].
+
+    ``model``: a (fused) BagNet from the zoo (carries ``zoo_spec`` and ``weights_source``). Only the
+    missing ones are computed, in one batched dense pass.
+    """
+    size = tuple(images.shape[-2:])
+    paths = [_path(model, i, size, t) for i, t in zip(image_ids, targets.tolist())]
+    out = torch.empty(len(paths), *size)
+    missing = [b for b, path in enumerate(paths) if not path.is_file()]
+    if missing:
+        index = torch.tensor(missing)
+        inputs = model.zoo_spec.preprocess.normalize(images[index])
+        fresh = dense_heatmaps(model, inputs, targets[index].to(inputs.device))[:, 0].cpu()
+        for b, heatmap in zip(missing, fresh):
+            paths[b].parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(paths[b]) as temporary:
+                with open(temporary, "wb") as handle:
+                    np.savez_compressed(handle, heatmap=heatmap.numpy())
+            out[b] = heatmap
+    for b, path in enumerate(paths):
+        if b not in missing:
+            out[b] = torch.from_numpy(np.load(path)["heatmap"])
+    return out

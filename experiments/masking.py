@@ -1,0 +1,205 @@
+"""Spatial sensitivity (Fig. 8, Table 1): how fast does masking the "most important" patches destroy
+the leading class, for white-box heatmaps of the tested model against black-box BagNet heatmaps?
+
+For every tested model (VGG-16, ResNet-50, ResNet-152, DenseNet-169 or the profile's stand-ins) and
+image: the leading class is the one predicted on the clean image; a heatmap ranks the 8x8 patches
+(attribution summed over each patch and its channels, sign convention ``sign``); patches are replaced
+by their DC component (or ``fill``) one after another, k = 0..steps, and the leading class's
+probability is recorded at every k. Heatmaps, each computed once per (image, tested model):
+- white-box on the tested model (bagrepro.attribution): Saliency, Integrated Gradients, eps-LRP,
+  DeepLIFT;
+- black-box: the exact dense BagNet-9/17/33 heatmaps for the tested model's leading class;
+- random order, several seeds.
+
+Writes ``results/masking/curves.csv`` (model, role, image_id, method, seed, k, probability,
+leading_class), ``table1.csv`` (mean probability at k = steps per model and method, the paper's
+value and the difference) and ``example_heatmaps.npz`` (heatmaps of the first images, for the figure).
+Forward passes per image and tested model: (steps + 1) per method and random seed, plus the
+heatmaps' own (Saliency, eps-LRP: 1 forward + 1 backward; IG: ig_steps of each; DeepLIFT: 2 + 1;
+a BagNet heatmap: one phase-folded pass of its BagNet).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bagrepro import attribution, paper
+from bagrepro.heatmaps import dense_heatmaps
+from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
+from bagrepro.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.runner import Experiment, RunContext
+
+TESTED_ROLES = ("vgg16", "resnet50", "resnet152", "densenet169")
+BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
+EXAMPLES = 2  # images whose heatmaps are kept for the figure
+
+
+def _settings(ctx: RunContext) -> dict:
+    setting = lambda key, default: ctx.profile.setting("masking", key, default)  # noqa: E731
+    return {
+        "tested_roles": tuple(setting("tested_roles", TESTED_ROLES)),
+        "num_images": setting("num_images", 100),
+        "steps": setting("steps", paper.TABLE1_STEPS),
+        "patch": setting("patch", paper.TABLE1_PATCH),
+        "fill": setting("fill", "dc"),
+        "sign": setting("sign", "signed"),
+        "random_seeds": setting("random_seeds", 3),
+        "ig_steps": setting("ig_steps", 100),
+        "chunk_size": setting("chunk_size", 64),
+    }
+
+
+def methods(settings: dict) -> list[tuple[str, int]]:
+    """(method, seed) pairs: the white-box methods, the BagNets, and random orders."""
+    return ([(m, -1) for m in attribution.METHODS] + [(role, -1) for role in BAGNET_ROLES]
+            + [("random", seed) for seed in range(settings["random_seeds"])])
+
+
+def heatmap(ctx: RunContext, method: str, model, inputs: torch.Tensor, images: torch.Tensor,
+            leading: torch.Tensor, settings: dict) -> torch.Tensor:
+    """Per-pixel heatmap [B, H, W] of ``method`` for the leading classes (random: None)."""
+    if method in attribution.METHODS:
+        with torch.enable_grad():
+            maps = attribution.attribute(model, inputs, leading, method, ig_steps=settings["ig_steps"])
+        return maps.sum(1)
+    bagnet = ctx.inference_model(ctx.role(method))
+    return dense_heatmaps(bagnet, bagnet.zoo_spec.preprocess.normalize(images), leading)[:, 0]
+
+
+def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: dict,
+                examples: dict) -> pd.DataFrame:
+    """Masking curves of one tested model under one heatmap method, for every image; the heatmaps of
+    the first EXAMPLES images go into ``examples`` (key 'model/method/image_id')."""
+    model = ctx.model(name)
+    normalize = model.zoo_spec.preprocess.normalize
+    images = ctx.images()
+    count = min(settings["num_images"], len(images))
+    frames, done = [], 0
+    for batch, _, ids in ctx.progress(images.subset(range(count)).batches(ctx.batch_size),
+                                      desc=f"{name} {method}", unit="batch"):
+        batch = batch.to(ctx.device)
+        inputs = normalize(batch)
+        with torch.inference_mode():
+            leading = model(inputs).argmax(1)
+        patches = np.prod(grid_shape(*inputs.shape[-2:], settings["patch"]))
+        if method == "random":
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + done)
+            scores = torch.rand(len(batch), patches, generator=generator).to(ctx.device)
+        else:
+            maps = heatmap(ctx, method, model, inputs, batch, leading, settings)
+            scores = patch_scores(maps[:, None], settings["patch"], settings["sign"])
+            for index in range(max(0, min(EXAMPLES - done, len(batch)))):
+                examples[f"{name}/{method}/{ids[index]}"] = maps[index].detach().cpu().numpy().astype(np.float16)
+                examples[f"image/{ids[index]}"] = batch[index].cpu().numpy().astype(np.float16)
+        steps = min(settings["steps"], patches)
+        curves = masking_curves(model, inputs, ranks_from_scores(scores), leading, steps, settings["patch"],
+                                settings["fill"], settings["chunk_size"]).cpu().numpy()
+        frames.append(pd.DataFrame({
+            "image_id": np.repeat(ids, steps + 1), "method": method, "seed": seed,
+            "k": np.tile(np.arange(steps + 1), len(ids)), "probability": curves.ravel(),
+            "leading_class": np.repeat(leading.cpu().numpy(), steps + 1),
+        }))
+        done += len(batch)
+    return pd.concat(frames, ignore_index=True)
+
+
+def table1(curves: pd.DataFrame) -> pd.DataFrame:
+    """Mean leading-class probability at the last step per (model, method), beside the paper's Table 1."""
+    last = curves[curves["k"] == curves.groupby("model")["k"].transform("max")]
+    per_image = last.groupby(["model", "role", "method", "image_id"], dropna=False, sort=False)["probability"].mean()
+    table = per_image.groupby(["model", "role", "method"], dropna=False, sort=False).agg(["mean", "sem", "size"])
+    table = table.reset_index().rename(columns={"mean": "ours", "sem": "sem", "size": "n_images"})
+    table["k"] = last.groupby("model")["k"].first().reindex(table["model"]).to_numpy()
+    table["paper"] = [paper.table1_value(role, method) for role, method in zip(table["role"], table["method"])]
+    table["paper"] = table["paper"].astype(float)
+    table["difference"] = table["ours"] - table["paper"]
+    return table
+
+
+def run(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    settings = _settings(ctx)
+    store = ctx.units("masking", settings)
+    tested = list(dict.fromkeys(ctx.role(role) for role in settings["tested_roles"]))
+    frames, examples = [], {}
+    for name in tested:
+        for method, seed in methods(settings):
+            unit = f"{name}__{method}__{seed}"
+            examples_path = store.folder / f"{unit}.examples.npz"
+            if not store.done(unit):
+                unit_examples: dict[str, np.ndarray] = {}
+                frame = unit_curves(ctx, name, method, seed, settings, unit_examples)
+                frame.insert(0, "model", name)
+                frame.insert(1, "role", ctx.profile.role_of(name))
+                _save_npz(unit_examples, examples_path)  # before the unit's CSV, which marks it done
+                store.save(unit, frame)
+            frames.append(store.load(unit))
+            examples.update(np.load(examples_path))
+    curves = pd.concat(frames, ignore_index=True)
+    out = ctx.results_dir("masking")
+    meta = ctx.provenance("masking", time.perf_counter() - start, {"settings": settings})
+    write_csv(curves, out / "curves.csv", meta)
+    write_csv(table1(curves), out / "table1.csv", meta)
+    _save_npz(examples, out / "example_heatmaps.npz")
+
+
+def _save_npz(arrays: dict, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Fig. 8 top (curves with 95% bands, one panel per model) and bottom (example heatmaps)."""
+    curves = read_csv(results_dir / "curves.csv")
+    models = list(dict.fromkeys(curves["model"]))
+    method_order = list(dict.fromkeys(curves["method"]))
+    per_image = curves.groupby(["model", "method", "image_id", "k"], sort=False)["probability"].mean().reset_index()
+    fig, axes = new_figure(1, len(models), figsize=(3.2 * len(models), 3.0), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models):
+        for method in method_order:
+            rows = per_image[(per_image["model"] == model) & (per_image["method"] == method)]
+            stats = rows.groupby("k")["probability"].agg(["mean", "sem"])
+            line, = ax.plot(stats.index, stats["mean"], label=method, lw=1.2,
+                            ls="--" if method == "random" else "-")
+            band = 1.96 * stats["sem"].fillna(0)
+            ax.fill_between(stats.index, stats["mean"] - band, stats["mean"] + band, color=line.get_color(), alpha=0.15)
+        ax.set_title(model)
+        ax.set_xlabel("masked 8x8 patches")
+    axes[0][0].set_ylabel("probability of the leading class")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Fig. 8: masking patches in heatmap order (mean, 95% band)", fontsize=9)
+    paths = save_figure(fig, figures_dir / "fig8_masking_curves")
+
+    examples_path = results_dir / "example_heatmaps.npz"
+    if examples_path.is_file():
+        paths += _example_figure(np.load(examples_path), figures_dir)
+    return paths
+
+
+def _example_figure(examples, figures_dir: Path) -> list[Path]:
+    keys = [k for k in examples.files if not k.startswith("image/")]
+    model = keys[0].split("/")[0]
+    image_id = keys[0].split("/")[2]
+    shown = [k for k in keys if k.startswith(f"{model}/") and k.endswith(f"/{image_id}")]
+    fig, axes = new_figure(1, len(shown) + 1, figsize=(1.6 * (len(shown) + 1), 1.9))
+    axes[0].imshow(np.clip(examples[f"image/{image_id}"].astype(np.float32).transpose(1, 2, 0), 0, 1))
+    axes[0].set_title(image_id, fontsize=6)
+    for ax, key in zip(axes[1:], shown):
+        draw_heatmap(ax, examples[key], examples[f"image/{image_id}"].astype(np.float32), title=key.split("/")[1])
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"Fig. 8 (bottom): heatmaps for {model}'s leading class", fontsize=8)
+    return save_figure(fig, figures_dir / "fig8_example_heatmaps")
+
+
+EXPERIMENT = Experiment(
+    name="masking", title="spatial sensitivity: masking patches in heatmap order", paper_ref="Fig. 8, Table 1",
+    run=run, make_figures=make_figures, rank=30,
+)
