@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--register-models", action="append", default=[], metavar="FILE.py",
                         help="a Python file of @register_model entries (your own models), repeatable")
     parser.add_argument("--data", help="image folder: ImageNet validation (any common layout) or your ImageFolder")
+    parser.add_argument("--classes", type=int, nargs="+", metavar="INDEX",
+                        help="class indices for the class-wise figures (top_patches); default: a seeded choice")
     parser.add_argument("--limit", type=int, help="use N images (a fixed, class-balanced subset from --seed)")
     parser.add_argument("--weights-dir", help="folder holding weight files you downloaded yourself")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
             return 0
         options = RunOptions(
             profile=args.profile, experiments=args.experiment, models=args.models, data=args.data,
-            limit=args.limit, device=args.device, batch_size=args.batch_size, seed=args.seed, out=args.out,
+            limit=args.limit, classes=args.classes, device=args.device, batch_size=args.batch_size, seed=args.seed, out=args.out,
             force=args.force, quiet=args.quiet, weights_dir=args.weights_dir, figures_only=args.figures_only,
         )
         start = time.perf_counter()

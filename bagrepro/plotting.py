@@ -61,5 +61,7 @@ def draw_heatmap(ax, heatmap, image=None, percentile: float = 99.0, title: str |
         ax.imshow(overlay, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     if title:
         ax.set_title(title, fontsize=7)

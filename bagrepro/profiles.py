@@ -85,6 +85,8 @@ PROFILES: dict[str, Profile] = {
             "scrambling": {"grids": (2, 4, 8), "texture_steps": 5, "texture_images": 8,
                            "texture_note": "5 Adam steps on a random-weight VGG stand-in: not a faithful texture"},
             "heatmaps": {"num_images": 3, "ig_steps": 8},
+            "top_patches": {"num_classes": 2, "k": 7},
+            "misclassified": {"num_images": 3},
         }),
     ),
     "paper": Profile(

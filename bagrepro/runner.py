@@ -85,6 +85,7 @@ class RunOptions:
     models: list[str] | None = None
     data: str | None = None
     limit: int | None = None
+    classes: list[int] | None = None
     device: str = "auto"
     batch_size: int | None = None
     seed: int = 0

@@ -1,0 +1,128 @@
+"""Misclassifications (Fig. 4): images that BagNet-33 and VGG-16 (profile stand-ins elsewhere) both
+get wrong, explained by BagNet-33's evidence for the true and for the predicted class.
+
+Per image: BagNet-33's exact heatmaps of the true class and of its predicted class, the 3 most
+predictive native patches of each (highest patch logit), and both models' probabilities of the two
+classes. Selection: a seeded choice among the images both models misclassify (top-1), from the
+accuracy experiment's units (reused).
+
+Writes ``results/misclassified/images.csv`` (image_id, true class, each model's prediction and its
+probabilities of the true and predicted classes), ``patches.csv`` (image_id, class kind, rank, row,
+col, logit) and ``panels.npz`` (images and heatmaps for the figure).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.patches import Rectangle
+
+from bagrepro.heatmap_cache import cached_heatmaps
+from bagrepro.heatmaps import patch_logits
+from bagrepro.models.bagnet import BAGNET_STRIDE
+from bagrepro.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.runner import Experiment, RunContext
+from experiments.accuracy import predictions_for
+
+TOP_PATCHES = 3
+
+
+def run(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    bagnet_name, vgg_name = ctx.role("bagnet33"), ctx.role("vgg16")
+    predictions = predictions_for(ctx, [bagnet_name, vgg_name])
+    wrong = predictions.pivot(index="image_id", columns="model", values="correct_top1")
+    both_wrong = sorted(wrong.index[~wrong[bagnet_name].astype(bool) & ~wrong[vgg_name].astype(bool)])
+    count = min(ctx.profile.setting("misclassified", "num_images", 4), len(both_wrong))
+    out = ctx.results_dir("misclassified")
+    chosen = sorted(np.random.default_rng(ctx.seed).choice(both_wrong, size=count, replace=False).tolist()) if count else []
+    position = {image_id: i for i, image_id in enumerate(ctx.images().image_ids)}
+    image_rows, patch_rows = [], []
+    panels = {"ids": np.array(chosen)}
+    if chosen:
+        images, labels, ids = map(list, zip(*[(b, l, i) for b, l, i in
+                                              ctx.images().subset([position[c] for c in chosen]).batches(len(chosen))]))
+        images, labels, ids = images[0].to(ctx.device), labels[0], ids[0]
+        bagnet, vgg = ctx.inference_model(bagnet_name), ctx.model(vgg_name)
+        with torch.inference_mode():
+            p_bagnet = bagnet(bagnet.zoo_spec.preprocess.normalize(images)).float().softmax(1).cpu()
+            p_vgg = vgg(vgg.zoo_spec.preprocess.normalize(images)).float().softmax(1).cpu()
+        predicted = p_bagnet.argmax(1)
+        panels["images"] = images.cpu().numpy()
+        for kind, classes in (("true", labels), ("predicted", predicted)):
+            panels[f"heatmap_{kind}"] = cached_heatmaps(bagnet, images, ids, classes).numpy()
+            logits = patch_logits(bagnet, bagnet.zoo_spec.preprocess.normalize(images), classes.to(ctx.device))[:, 0].cpu()
+            best = logits.flatten(1).topk(TOP_PATCHES, dim=1)
+            width = logits.shape[-1]
+            for n, image_id in enumerate(ids):
+                for rank in range(TOP_PATCHES):
+                    index = best.indices[n, rank].item()
+                    patch_rows.append({"image_id": image_id, "kind": kind, "class": int(classes[n]), "rank": rank,
+                                       "row": index // width * BAGNET_STRIDE, "col": index % width * BAGNET_STRIDE,
+                                       "size": bagnet.zoo_spec.receptive_field, "logit": best.values[n, rank].item()})
+        rows = np.arange(len(ids))
+        for model_name, probabilities in ((bagnet_name, p_bagnet), (vgg_name, p_vgg)):
+            own = probabilities.argmax(1)
+            for n, image_id in enumerate(ids):
+                image_rows.append({"image_id": image_id, "model": model_name, "true_class": int(labels[n]),
+                                   "predicted_class": int(own[n]), "p_true": probabilities[rows[n], labels[n]].item(),
+                                   "p_predicted": probabilities[rows[n], own[n]].item()})
+    with atomic_path(out / "panels.npz") as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **panels)
+    meta = ctx.provenance("misclassified", time.perf_counter() - start,
+                          {"both_wrong": len(both_wrong), "of_images": int(wrong.shape[0])})
+    write_csv(pd.DataFrame(image_rows, columns=["image_id", "model", "true_class", "predicted_class", "p_true",
+                                                "p_predicted"]), out / "images.csv", meta)
+    write_csv(pd.DataFrame(patch_rows, columns=["image_id", "kind", "class", "rank", "row", "col", "size", "logit"]),
+              out / "patches.csv", meta)
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Fig. 4: image, heatmap of the true class, of the predicted class (3 best patches boxed), and
+    both models' probabilities of the two classes."""
+    images_table = read_csv(results_dir / "images.csv")
+    patches = read_csv(results_dir / "patches.csv")
+    panels = np.load(results_dir / "panels.npz")
+    ids = list(panels["ids"])
+    if not ids:
+        fig, ax = new_figure(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no image is misclassified by both models", ha="center", va="center")
+        return save_figure(fig, figures_dir / "fig4_misclassified")
+    fig, axes = new_figure(len(ids), 4, figsize=(7, 1.8 * len(ids)), squeeze=False)
+    colours = {"true": "#2ca02c", "predicted": "#d62728"}
+    for r, image_id in enumerate(ids):
+        image = panels["images"][r]
+        axes[r][0].imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+        axes[r][0].set_ylabel(str(image_id), fontsize=6)
+        axes[r][0].set_xticks([])
+        axes[r][0].set_yticks([])
+        for c, kind in enumerate(("true", "predicted"), start=1):
+            rows = patches[(patches["image_id"] == image_id) & (patches["kind"] == kind)]
+            draw_heatmap(axes[r][c], panels[f"heatmap_{kind}"][r], image,
+                         title=f"{kind} class {rows['class'].iloc[0]}" if len(rows) else kind)
+            for _, patch in rows.iterrows():
+                for ax in (axes[r][0], axes[r][c]):
+                    ax.add_patch(Rectangle((patch["col"] - 0.5, patch["row"] - 0.5), patch["size"], patch["size"],
+                                           fill=False, lw=0.8, edgecolor=colours[kind]))
+        table = images_table[images_table["image_id"] == image_id]
+        labels = [f"{m}\np(true)" for m in table["model"]] + [f"{m}\np(pred)" for m in table["model"]]
+        values = list(table["p_true"]) + list(table["p_predicted"])
+        axes[r][3].barh(range(len(values)), values, color=["#2ca02c"] * len(table) + ["#d62728"] * len(table))
+        axes[r][3].set_yticks(range(len(values)), labels, fontsize=5)
+        axes[r][3].set_xlim(0, 1)
+    fig.suptitle("Fig. 4: misclassified by both models; green boxes: evidence for the true class, red: for the "
+                 "prediction", fontsize=8)
+    return save_figure(fig, figures_dir / "fig4_misclassified")
+
+
+EXPERIMENT = Experiment(
+    name="misclassified", title="images both BagNet-33 and VGG-16 misclassify", paper_ref="Fig. 4",
+    run=run, make_figures=make_figures, rank=90,
+)

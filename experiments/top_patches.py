@@ -1,0 +1,133 @@
+"""Most informative patches (Fig. 3): for a class, over the whole data set, the 7 patches with the
+highest logit for that class from images of that class, and the 7 from images of other classes.
+
+Classes: ``--classes`` or a seeded choice. The data streams through once per BagNet with a running
+top-k per (class, group) (memory independent of the data set size; no heatmap is kept), on the
+native stride-8 patch logits; the winners are then cropped at their receptive field (q x q px).
+
+Writes ``results/top_patches/patches.csv`` (model, role, class, group, rank, image_id, true_class,
+row, col (top-left pixel), logit) and ``crops.npz`` (the crops, for the figure).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bagrepro.heatmaps import patch_logits
+from bagrepro.models.bagnet import BAGNET_STRIDE
+from bagrepro.patches import RunningTopK, crop_patches, patch_records
+from bagrepro.plotting import new_figure, save_figure
+from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.runner import Experiment, RunContext
+
+BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
+GROUPS = ("same", "other")
+
+
+def selected_classes(ctx: RunContext) -> list[int]:
+    classes = len(ctx.images().classes)
+    if ctx.options.classes:
+        bad = [c for c in ctx.options.classes if not 0 <= c < classes]
+        if bad:
+            from bagrepro.errors import ConfigError
+            raise ConfigError(f"--classes {bad[0]} is out of range: the data has classes 0..{classes - 1}")
+        return list(ctx.options.classes)
+    count = min(ctx.profile.setting("top_patches", "num_classes", 3), classes)
+    present = sorted(set(ctx.images().labels.tolist()))
+    return sorted(np.random.default_rng(ctx.seed).choice(present, size=min(count, len(present)), replace=False).tolist())
+
+
+def stream_top_patches(ctx: RunContext, name: str, classes: list[int], k: int) -> RunningTopK:
+    """One pass over the data: rows 2c (same class) and 2c + 1 (other classes) for class c."""
+    model = ctx.inference_model(name)
+    top = RunningTopK(2 * len(classes), k, record_width=3)
+    class_index = torch.tensor(classes)
+    seen = 0
+    for batch, labels, _ in ctx.progress(ctx.images().batches(ctx.batch_size), desc=name, unit="batch"):
+        logits = patch_logits(model, model.zoo_spec.preprocess.normalize(batch.to(ctx.device)), class_index).cpu()
+        b, c, h, w = logits.shape
+        scores = logits.permute(1, 0, 2, 3).reshape(c, b, h * w)  # [C, B, hw]
+        same = (labels[None, :] == class_index[:, None])[:, :, None]  # [C, B, 1]
+        grouped = torch.stack([scores.masked_fill(~same, -torch.inf), scores.masked_fill(same, -torch.inf)], 1)
+        top.update(grouped.reshape(2 * c, b * h * w), patch_records(seen, b, h, w))
+        seen += b
+    return top
+
+
+def run(ctx: RunContext) -> None:
+    start = time.perf_counter()
+    classes = selected_classes(ctx)
+    k = ctx.profile.setting("top_patches", "k", 7)
+    store = ctx.units("top_patches", {"classes": classes, "k": k})
+    images = ctx.images()
+    frames, crops = [], {}
+    for role in BAGNET_ROLES:
+        name = ctx.role(role)
+        q = ctx.model(name).zoo_spec.receptive_field
+        if not store.done(name):
+            top = stream_top_patches(ctx, name, classes, k)
+            found = top.values > -torch.inf
+            records = top.records[found]  # [n, 3]
+            rows = [(c, g, r) for c in classes for g in GROUPS for r in range(k)]
+            kept = [row for row, ok in zip(rows, found.flatten().tolist()) if ok]
+            frame = pd.DataFrame(kept, columns=["class", "group", "rank"])
+            frame["image_index"] = records[:, 0].numpy()
+            frame["image_id"] = [images.image_ids[i] for i in frame["image_index"]]
+            frame["true_class"] = images.labels[records[:, 0]].numpy()
+            frame["row"] = records[:, 1].numpy() * BAGNET_STRIDE
+            frame["col"] = records[:, 2].numpy() * BAGNET_STRIDE
+            frame["logit"] = top.values[found].numpy()
+            frame.insert(0, "model", name)
+            frame.insert(1, "role", role)
+            store.save(name, frame)
+        frame = store.load(name)
+        frames.append(frame)
+        unique = sorted(set(frame["image_index"]))
+        pixels = torch.cat([b for b, _, _ in images.subset(unique).batches(ctx.batch_size)])
+        where = torch.tensor([unique.index(i) for i in frame["image_index"]])
+        positions = torch.tensor(frame[["row", "col"]].to_numpy() // BAGNET_STRIDE)
+        crops[role] = crop_patches(pixels[where], positions, q).numpy()
+    out = ctx.results_dir("top_patches")
+    with atomic_path(out / "crops.npz") as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **crops)
+    meta = ctx.provenance("top_patches", time.perf_counter() - start, {"classes": classes, "k": k})
+    write_csv(pd.concat(frames, ignore_index=True).drop(columns="image_index"), out / "patches.csv", meta)
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Fig. 3: per class, one row per BagNet: the k best patches of the class, then of other classes."""
+    patches = read_csv(results_dir / "patches.csv")
+    crops = np.load(results_dir / "crops.npz")
+    classes = list(dict.fromkeys(patches["class"]))
+    roles = [r for r in BAGNET_ROLES if r in crops.files]
+    k = int(patches["rank"].max()) + 1
+    fig, axes = new_figure(len(classes) * len(roles), 2 * k + 1, squeeze=False,
+                           figsize=(0.75 * (2 * k + 1), 0.8 * len(classes) * len(roles)))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ci, cls in enumerate(classes):
+        for ri, role in enumerate(roles):
+            row = ci * len(roles) + ri
+            rows = patches[patches["role"] == role].reset_index(drop=True)
+            axes[row][0].text(0.5, 0.5, f"class {cls}\n{role}", ha="center", va="center", fontsize=6)
+            for index, entry in rows.iterrows():
+                if entry["class"] != cls:
+                    continue
+                column = 1 + entry["rank"] + (k if entry["group"] == "other" else 0)
+                axes[row][column].imshow(np.clip(crops[role][index].transpose(1, 2, 0), 0, 1))
+                axes[row][column].set_title(f"{entry['logit']:.1f}", fontsize=5)
+    fig.suptitle(f"Fig. 3: the {k} patches with the highest class logit, from images of the class (left) "
+                 f"and of other classes (right)", fontsize=8)
+    return save_figure(fig, figures_dir / "fig3_top_patches")
+
+
+EXPERIMENT = Experiment(
+    name="top_patches", title="most informative patches per class", paper_ref="Fig. 3",
+    run=run, make_figures=make_figures, rank=85,
+)
