@@ -33,6 +33,16 @@ LAYERS = (3, 4, 6, 3)
 # --------------------------------------------------------------------------------------------------
 # helpers
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these small tensors gain little from two, and on a shared, busy 2-core
+    machine OpenMP's spinning threads make the suite several times slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def randomise_bn(model: nn.Module, seed: int, positive_bias: bool = False, calibrate: bool = True,
                  size: tuple[int, int] = (64, 72)) -> nn.Module:
     """Random BatchNorm statistics and affine parameters; return model.eval().
@@ -171,11 +181,10 @@ def test_checkpoint_round_trip_and_wrong_model(tmp_path):
 
 @pytest.mark.parametrize("q, side", [(33, 24), (17, 26), (9, 27)])
 def test_output_grid_at_224(q, side):
-    torch.manual_seed(0)
-    model = bagnet(q).eval()
+    model = small(q, width=4)  # same kernels and strides as bagnet(q), hence the same grid
     with torch.no_grad():
         out = model.patch_logits(images((1, 3, 224, 224), 0))
-    assert out.shape == (1, 1000, side, side)
+    assert out.shape == (1, 10, side, side)
 
 
 @pytest.mark.parametrize("q", QS)
