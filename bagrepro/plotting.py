@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .results import atomic_path  # noqa: E402
 
 STYLE = {
-    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
+    "figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
     "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
 }
 OURS_COLOUR, PAPER_COLOUR = "#1f77b4", "#bbbbbb"

@@ -81,7 +81,7 @@ PROFILES: dict[str, Profile] = {
         settings=_frozen({
             "runtime": {"batch_size": 8, "repeats": 2, "warmup": 1},
             "interactions": {"patch_sizes": (6, 8, 10, 12, 16, 20), "num_images": 6},
-            "masking": {"num_images": 4, "steps": 16, "random_seeds": 2, "ig_steps": 8},
+            "masking": {"num_images": 3, "steps": 12, "random_seeds": 2, "ig_steps": 8},
             "scrambling": {"grids": (2, 4, 8), "texture_steps": 5, "texture_images": 8,
                            "texture_note": "5 Adam steps on a random-weight VGG stand-in: not a faithful texture"},
             "heatmaps": {"num_images": 3, "ig_steps": 8},

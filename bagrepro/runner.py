@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .models import create_model, get_spec, resolve_model_names
 from .models.fast import fuse_bagnet
 from .profiles import Profile, get_profile
+from .report import build_report
 from .results import UnitStore, git_commit, package_versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Experiment:
-    """One experiment of the paper. ``paper_ref`` names the figure/table it reproduces."""
+    """One experiment of the paper. ``paper_ref`` names the figure/table it reproduces; ``question``
+    says in one sentence what it tests; ``report_table(results_dir)`` returns the comparison table
+    of the report (columns ending in ``ours``, ``paper``, ``difference``; CSVs only), or None."""
 
     name: str
     title: str
@@ -42,6 +45,8 @@ class Experiment:
     run: Callable[["RunContext"], None]
     make_figures: Callable[[Path, Path], list[Path]]
     rank: int = 100
+    question: str = ""
+    report_table: Callable[[Path], "object"] | None = None
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -256,5 +261,8 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
         for path in paths:
             log(f"[figures] wrote {path}")
         timings[f"figures:{experiment.name}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    log(f"[report] wrote {build_report(Path(options.out), discover_experiments().values())}")
+    timings["report"] = time.perf_counter() - start
     return timings
 

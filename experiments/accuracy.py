@@ -18,6 +18,7 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.report import comparison
 from bagrepro.results import read_csv, write_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -102,9 +103,16 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return save_figure(fig, figures_dir / "fig1b_accuracy")
 
 
+def report_table(results_dir: Path):
+    summary = read_csv(results_dir / "summary.csv")
+    return pd.concat([comparison(summary, ["model"], f"top-{k} (%)", f"top{k}", f"paper_top{k}") for k in (1, 5)],
+                     ignore_index=True)
+
+
 EXPERIMENT = Experiment(
     name="accuracy", title="top-1 / top-5 accuracy per model", paper_ref="Fig. 1B",
-    run=run, make_figures=make_figures, rank=10,
+    run=run, make_figures=make_figures, rank=10, report_table=report_table,
+    question="How accurate are bag-of-local-features models compared with deep networks on the same images?",
 )
 
 

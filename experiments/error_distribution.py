@@ -20,6 +20,7 @@ from scipy import stats
 
 from bagrepro.metrics import error_consistency
 from bagrepro.plotting import new_figure, save_figure
+from bagrepro.report import comparison
 from bagrepro.results import read_csv, write_csv
 from bagrepro.runner import Experiment, RunContext
 from experiments.accuracy import predictions_for
@@ -79,7 +80,15 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return save_figure(fig, figures_dir / "fig7_error_distribution")
 
 
+def report_table(results_dir: Path):
+    pairs = read_csv(results_dir / "pairs.csv")
+    return pd.concat([comparison(pairs, ["pair"], "Pearson r of per-class top-5", "pearson_r_per_class_top5", "paper"),
+                      comparison(pairs, ["pair"], "error consistency kappa (top-1)", "kappa_top1", "paper")],
+                     ignore_index=True)
+
+
 EXPERIMENT = Experiment(
     name="error_distribution", title="per-class accuracy of BagNet-33 against deep networks",
-    paper_ref="Fig. 7", run=run, make_figures=make_figures, rank=60,
+    paper_ref="Fig. 7", run=run, make_figures=make_figures, rank=60, report_table=report_table,
+    question="Do BagNet-33 and deep networks find the same classes hard?",
 )

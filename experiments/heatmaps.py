@@ -127,4 +127,6 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     name="heatmaps", title="exact BagNet heatmaps and white-box attributions", paper_ref="Fig. 2, A.2",
     run=run, make_figures=make_figures, rank=80,
+    question="Where in an image does each BagNet find evidence for its prediction, compared with VGG-16's "
+             "white-box attributions?",
 )

@@ -24,6 +24,7 @@ from scipy import stats
 
 from bagrepro.masking import interaction_terms, separated_masks
 from bagrepro.plotting import new_figure, save_figure
+from bagrepro.report import comparison
 from bagrepro.results import read_csv, write_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -128,7 +129,14 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return paths + save_figure(fig, figures_dir / "fig6a_scatter")
 
 
+def report_table(results_dir: Path):
+    return comparison(read_csv(results_dir / "correlation.csv"), ["model", "patch_size"],
+                      "Pearson r (LHS, RHS); paper: 1 for BagNet-q beyond q px, qualitative otherwise",
+                      "pearson_r", "paper")
+
+
 EXPERIMENT = Experiment(
     name="interactions", title="non-linear interactions between image parts (eq. 1)", paper_ref="Fig. 6",
-    run=run, make_figures=make_figures, rank=40,
+    run=run, make_figures=make_figures, rank=40, report_table=report_table,
+    question="Does masking several separated parts change the logit by the sum of the single-part changes?",
 )

@@ -20,6 +20,7 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.report import comparison
 from bagrepro.results import read_csv, write_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -93,7 +94,13 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return save_figure(fig, figures_dir / "fig1c_logit_correlation")
 
 
+def report_table(results_dir: Path):
+    return comparison(read_csv(results_dir / "summary.csv"), ["model", "reference"], "Pearson r of logits (pooled)",
+                      "pooled_r", "paper_r")
+
+
 EXPERIMENT = Experiment(
     name="logit_correlation", title="correlation of BagNet and VGG-16 logits", paper_ref="Fig. 1C",
-    run=run, make_figures=make_figures, rank=50,
+    run=run, make_figures=make_figures, rank=50, report_table=report_table,
+    question="How linearly do BagNet logits follow a deep network's logits on the same images?",
 )

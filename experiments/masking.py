@@ -32,6 +32,7 @@ from bagrepro import attribution, paper
 from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.report import comparison
 from bagrepro.results import atomic_path, read_csv, write_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -199,7 +200,14 @@ def _example_figure(examples, figures_dir: Path) -> list[Path]:
     return save_figure(fig, figures_dir / "fig8_example_heatmaps")
 
 
+def report_table(results_dir: Path):
+    table = read_csv(results_dir / "table1.csv")
+    return comparison(table, ["model", "method", "k"], "p(leading class) after k masked patches", "ours", "paper")
+
+
 EXPERIMENT = Experiment(
     name="masking", title="spatial sensitivity: masking patches in heatmap order", paper_ref="Fig. 8, Table 1",
-    run=run, make_figures=make_figures, rank=30,
+    run=run, make_figures=make_figures, rank=30, report_table=report_table,
+    question="Do black-box BagNet heatmaps find the patches a deep network depends on better than its own "
+             "white-box attributions?",
 )

@@ -125,4 +125,5 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     name="misclassified", title="images both BagNet-33 and VGG-16 misclassify", paper_ref="Fig. 4",
     run=run, make_figures=make_figures, rank=90,
+    question="When BagNet-33 and VGG-16 both fail, what evidence misled BagNet-33?",
 )

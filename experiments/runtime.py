@@ -21,6 +21,7 @@ import torch
 from bagrepro import paper
 from bagrepro.models import get_spec
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.report import comparison
 from bagrepro.results import read_csv, write_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -103,7 +104,13 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return save_figure(fig, figures_dir / "runtime_relative")
 
 
+def report_table(results_dir: Path):
+    return comparison(read_csv(results_dir / "summary.csv"), ["model", "path"], "images/s relative to ResNet-50",
+                      "relative_to_reference", "paper_relative")
+
+
 EXPERIMENT = Experiment(
     name="runtime", title="inference throughput relative to ResNet-50", paper_ref="Sec. 4.1",
-    run=run, make_figures=make_figures, rank=20,
+    run=run, make_figures=make_figures, rank=20, report_table=report_table,
+    question="How fast is a BagNet at inference relative to ResNet-50, measured in the same run?",
 )

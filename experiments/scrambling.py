@@ -26,6 +26,7 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import new_figure, save_figure
+from bagrepro.report import comparison
 from bagrepro.results import atomic_path, read_csv, write_csv
 from bagrepro.runner import Experiment, RunContext
 from bagrepro.scrambling import scramble_tiles, texturise
@@ -120,8 +121,8 @@ def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
             report = paper.SCRAMBLED_4X4_REPORT.get(role) if method == "tiles" and grid == 4 else None
             row["report_clean_top1"], row["report_scrambled_top1"] = report or (np.nan, np.nan)
             if method == "texture" and role == "vgg16":
-                row["paper_clean_top5"] = paper.TEXTURISED_VGG16_TOP5["clean"] / 100
-                row["paper_texture_top5"] = paper.TEXTURISED_VGG16_TOP5["texture"] / 100
+                row["paper_clean_top5_pct"] = paper.TEXTURISED_VGG16_TOP5["clean"]
+                row["paper_texture_top5_pct"] = paper.TEXTURISED_VGG16_TOP5["texture"]
             row["note"] = texture_note if method == "texture" else ""
             rows.append(row)
     return pd.DataFrame(rows)
@@ -174,7 +175,22 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return paths + save_figure(fig, figures_dir / "fig5_scrambling_accuracy")
 
 
+def report_table(results_dir: Path):
+    summary = read_csv(results_dir / "table.csv")
+    tiles = summary[summary["method"] == "tiles"]
+    texture = summary[summary["method"] == "texture"]
+    parts = [comparison(tiles, ["model", "grid"], "clean top-1 (report: 15-scene test, 4x4 only)", "clean_top1",
+                        "report_clean_top1"),
+             comparison(tiles, ["model", "grid"], "scrambled top-1 (report: 4x4 tiles)", "manipulated_top1",
+                        "report_scrambled_top1")]
+    if "paper_texture_top5_pct" in texture:
+        parts.append(comparison(texture.assign(ours_pct=texture["manipulated_top5"] * 100), ["model", "grid"],
+                                "texturised top-5 (%)", "ours_pct", "paper_texture_top5_pct"))
+    return pd.concat(parts, ignore_index=True)
+
+
 EXPERIMENT = Experiment(
     name="scrambling", title="accuracy on tile-scrambled and texturised images", paper_ref="Fig. 5",
-    run=run, make_figures=make_figures, rank=55,
+    run=run, make_figures=make_figures, rank=55, report_table=report_table,
+    question="How much do models lose when the global arrangement is destroyed but local content kept?",
 )

@@ -130,4 +130,5 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     name="top_patches", title="most informative patches per class", paper_ref="Fig. 3",
     run=run, make_figures=make_figures, rank=85,
+    question="Which image patches carry the most evidence for a class, within and outside that class?",
 )

@@ -1,0 +1,130 @@
+"""The reproduction report: ``figures/report.html``, built from results and figures alone.
+
+Self-contained (figures embedded as PNG data URIs, no external resource), readable offline in any
+browser. Per experiment: what it tests, its figures, and a table with the paper's value, ours and the
+difference wherever the paper has a number; an experiment that has not run shows as not run. A
+provenance block lists profile, models and weights (with hashes), data, seed, commit, packages,
+device and wall time per experiment, read from the CSV sidecars.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .results import atomic_path
+
+COMPARISON_COLUMNS = ("metric", "ours", "paper", "difference")
+
+
+def comparison(frame: pd.DataFrame, ids: list[str], metric: str, ours: str, paper: str) -> pd.DataFrame:
+    """A report table: id columns, the metric's name, ours, the paper's value and ours - paper."""
+    table = frame[ids].copy()
+    table["metric"] = metric
+    table["ours"] = frame[ours].to_numpy()
+    table["paper"] = frame[paper].to_numpy() if paper in frame else float("nan")
+    table["difference"] = pd.to_numeric(table["ours"], errors="coerce") - pd.to_numeric(table["paper"], errors="coerce")
+    return table
+
+
+def _metas(results_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.meta.json"))]
+
+
+def _image_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.4g}"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in table.itertuples(index=False))
+    return f'<table class="comparison"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _provenance_html(sections: list[tuple[str, list[dict]]]) -> str:
+    metas = [meta for _, ms in sections for meta in ms]
+    if not metas:
+        return "<p>No experiment has run yet.</p>"
+    first = metas[0]
+    models: dict[str, str] = {}
+    for meta in metas:
+        models.update(meta.get("models", {}))
+    items = [
+        ("profile", first.get("profile")), ("seed", first.get("seed")), ("commit", first.get("commit")),
+        ("device", first.get("device")), ("torch threads", first.get("torch_threads")),
+        ("packages", ", ".join(f"{k} {v}" for k, v in first.get("packages", {}).items())),
+    ]
+    rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)
+    model_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in models.items())
+    runs = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(ms[0].get('data', '')))}</td>"
+        f"<td>{ms[0].get('num_images', '')}</td><td>{ms[0].get('wall_time_s', '')}</td></tr>"
+        for name, ms in sections if ms)
+    return (f"<table>{rows}</table><h3>Models and weights</h3><table><tr><th>model</th><th>weights</th></tr>"
+            f"{model_rows}</table><h3>Runs</h3><table><tr><th>experiment</th><th>data</th><th>images</th>"
+            f"<th>wall time (s)</th></tr>{runs}</table>")
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+figure { margin: .5em 0; } img { max-width: 100%; height: auto; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+td, th { border: 1px solid #ddd; padding: .2em .5em; text-align: left; }
+.notrun { color: #a00; font-weight: bold; } .question { font-style: italic; }
+"""
+
+# Counts images that failed to decode; the browser test reads the attribute from the rendered DOM.
+IMAGE_CHECK = """
+<script>
+window.addEventListener('load', function () {
+  var broken = Array.prototype.filter.call(document.images, function (i) { return !i.complete || i.naturalWidth === 0; });
+  document.body.setAttribute('data-images', document.images.length);
+  document.body.setAttribute('data-broken-images', broken.length);
+});
+</script>
+"""
+
+
+def build_report(out: Path, experiments) -> Path:
+    """Write ``<out>/figures/report.html`` for ``experiments`` (registry order); return its path."""
+    out = Path(out)
+    body, sections = [], []
+    for experiment in experiments:
+        results = out / "results" / experiment.name
+        figures = out / "figures" / experiment.name
+        metas = _metas(results) if results.is_dir() else []
+        sections.append((experiment.name, metas))
+        parts = [f'<h2 id="{experiment.name}">{html.escape(experiment.paper_ref)}: {html.escape(experiment.title)}</h2>',
+                 f'<p class="question">{html.escape(experiment.question)}</p>']
+        pngs = sorted(figures.glob("*.png")) if figures.is_dir() else []
+        if not metas or not pngs:
+            parts.append(f'<p class="notrun">Not run: run <code>python run_all.py --experiment {experiment.name}</code>.</p>')
+        else:
+            parts += [_image_tag(png) for png in pngs]
+            if experiment.report_table is not None:
+                parts.append(_table_html(experiment.report_table(results)))
+        body.append("\n".join(parts))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>bagrepro report</title>"
+            f"<style>{STYLE}</style></head><body>"
+            f"<h1>Reproduction of Brendel &amp; Bethge (ICLR 2019): Approximating CNNs with Bag-of-local-Features models</h1>"
+            f"<p>Generated {stamp} by bagrepro from the CSVs under results/. Paper values: the paper and its "
+            f"reproducibility report (see each table's <em>paper</em> column).</p>"
+            + "\n".join(body)
+            + f"<h2 id='provenance'>Provenance</h2>{_provenance_html(sections)}{IMAGE_CHECK}</body></html>")
+    path = out / "figures" / "report.html"
+    with atomic_path(path) as temporary:
+        temporary.write_text(page, encoding="utf-8")
+    return path
