@@ -35,7 +35,7 @@ def cached_heatmaps(model, images: torch.Tensor, image_ids: list[str], targets: 
     if missing:
         index = torch.tensor(missing)
         inputs = model.zoo_spec.preprocess.normalize(images[index])
-        fresh = dense_heatmaps(model, inputs, targets[index].to(inputs.device))[:, 0].cpu()
+        fresh = dense_heatmaps(model, inputs, targets=targets[index].to(inputs.device))[:, 0].cpu()
         for b, heatmap in zip(missing, fresh):
             paths[b].parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(paths[b]) as temporary:

@@ -28,17 +28,30 @@ from .models.bagnet import BAGNET_STRIDE, BagNet, Bottleneck, head_logits
 ClassSpec = int | list[int] | torch.Tensor | None
 
 
-def _class_index(classes: ClassSpec, batch: int, device) -> torch.Tensor | None:
-    """Normalise a class request to None (all), [K] (shared) or [B, K] (per image)."""
+def _class_index(classes: ClassSpec, targets: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+    """A class request as None (all classes), [K] (the same K for every image) or [B, K] (per image).
+
+    ``classes`` (an int, a list or a 1-D tensor) is shared by every image; ``targets`` ([B], or
+    [B, K]) gives each image its own classes, e.g. its predicted class. Never both.
+    """
+    if targets is not None:
+        if classes is not None:
+            raise ValueError("give either classes (shared) or targets (per image), not both")
+        index = torch.as_tensor(targets, dtype=torch.long, device=device)
+        index = index[:, None] if index.dim() == 1 else index
+        if index.dim() != 2 or len(index) != batch:
+            raise ValueError(f"targets must be [B] or [B, K] with B = {batch}, got {tuple(index.shape)}")
+        return index
     if classes is None:
         return None
-    index = torch.as_tensor(classes, dtype=torch.long, device=device)
-    if index.dim() == 0:
-        return index.reshape(1)
-    if index.dim() == 1 and isinstance(classes, torch.Tensor) and index.numel() == batch:
-        # a tensor with one class per image (e.g. predicted labels): one heatmap each
-        return index[:, None]
+    index = torch.as_tensor(classes, dtype=torch.long, device=device).reshape(-1)
     return index
+
+
+def _check_eval(model: BagNet) -> None:
+    if model.training:
+        raise ValueError("BagNet heatmaps need the model in eval mode (call model.eval()): in training mode "
+                         "BatchNorm would mix the statistics of the phase-shifted copies")
 
 
 def _space_to_batch(x: torch.Tensor) -> torch.Tensor:
@@ -126,19 +139,20 @@ def _batch_to_space(x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def dense_heatmaps(model: BagNet, images: torch.Tensor, classes: ClassSpec = None,
-                   chunk_size: int = 1) -> torch.Tensor:
+def dense_heatmaps(model: BagNet, images: torch.Tensor, classes: ClassSpec = None, *,
+                   targets: torch.Tensor | None = None, chunk_size: int = 1) -> torch.Tensor:
     """Exact stride-1 heatmaps, identical to the released per-patch method.
 
     model: a BagNet in eval mode. images: [B, 3, H, W], normalised (padding is zero in this space).
-    classes: None for all classes; an int; a list/1-D tensor of K classes shared by every image; a
-    1-D tensor of B classes (one per image, e.g. the predicted class); or [B, K].
-    chunk_size: images per phase-folded pass (each image becomes 64 phase images; about 1 GB per
-    224 px image for BagNet-33).
+    classes: None for all classes, or an int / list / 1-D tensor of K classes shared by every image;
+    targets: instead, per-image classes [B] (e.g. the predicted class) or [B, K].
+    chunk_size: images per phase-folded pass (each image becomes 64 phase images; about 1.5 GB peak
+    per 224 px image for BagNet-33).
     Returns [B, K, H, W] float32 logits: value at (r, c) = logit of the q x q patch centred there.
     """
+    _check_eval(model)
     batch, _, height, width = images.shape
-    index = _class_index(classes, batch, images.device)
+    index = _class_index(classes, targets, batch, images.device)
     pad = _padding(model, height, width)
     chunks = []
     for start in range(0, batch, chunk_size):
@@ -154,10 +168,13 @@ def dense_heatmaps(model: BagNet, images: torch.Tensor, classes: ClassSpec = Non
 
 
 @torch.inference_mode()
-def patch_logits(model: BagNet, images: torch.Tensor, classes: ClassSpec = None) -> torch.Tensor:
+def patch_logits(model: BagNet, images: torch.Tensor, classes: ClassSpec = None, *,
+                 targets: torch.Tensor | None = None) -> torch.Tensor:
     """Native stride-8 patch logits, no padding: [B, K, H', W'], H' = (H - q) // 8 + 1.
 
     Entry (i, j) is the logit of the patch at input rows [8i, 8i+q), columns [8j, 8j+q).
+    classes / targets: as in :func:`dense_heatmaps`.
     """
-    index = _class_index(classes, images.shape[0], images.device)
+    _check_eval(model)
+    index = _class_index(classes, targets, images.shape[0], images.device)
     return head_logits(model.features(images), model.fc, index)

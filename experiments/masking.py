@@ -70,7 +70,7 @@ def heatmap(ctx: RunContext, method: str, model, inputs: torch.Tensor, images: t
             maps = attribution.attribute(model, inputs, leading, method, ig_steps=settings["ig_steps"])
         return maps.sum(1)
     bagnet = ctx.inference_model(ctx.role(method))
-    return dense_heatmaps(bagnet, bagnet.zoo_spec.preprocess.normalize(images), leading)[:, 0]
+    return dense_heatmaps(bagnet, bagnet.zoo_spec.preprocess.normalize(images), targets=leading)[:, 0]
 
 
 def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: dict,

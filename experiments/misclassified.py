@@ -56,7 +56,8 @@ def run(ctx: RunContext) -> None:
         panels["images"] = images.cpu().numpy()
         for kind, classes in (("true", labels), ("predicted", predicted)):
             panels[f"heatmap_{kind}"] = cached_heatmaps(bagnet, images, ids, classes).numpy()
-            logits = patch_logits(bagnet, bagnet.zoo_spec.preprocess.normalize(images), classes.to(ctx.device))[:, 0].cpu()
+            logits = patch_logits(bagnet, bagnet.zoo_spec.preprocess.normalize(images),
+                                  targets=classes.to(ctx.device))[:, 0].cpu()
             best = logits.flatten(1).topk(TOP_PATCHES, dim=1)
             width = logits.shape[-1]
             for n, image_id in enumerate(ids):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from bagrepro.errors import WeightsError
+from bagrepro.errors import DataError, WeightsError
 from bagrepro.heatmaps import dense_heatmaps, patch_logits
 from bagrepro.models.bagnet import BagNet, bagnet, reduced_bagnet
 from bagrepro.models.fast import fuse_bagnet
@@ -197,7 +197,7 @@ def test_output_grid_general(q):
                 continue
             feats = model.features(torch.zeros(1, 3, h, w))
             assert feats.shape[-2:] == (grid(h, q), grid(w, q)), (h, w)
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError):
         model.features(torch.zeros(1, 3, q - 1, q + 10))
 
 
@@ -336,7 +336,7 @@ def test_fused_model_equals_eager(q):
         assert_close_rel(fused(x.contiguous(memory_format=torch.channels_last)), model(x), 1e-4, "pooled cl")
         assert_close_rel(fused.patch_logits(x), model.patch_logits(x), 1e-4, "patch")
     xs = images((2, 3, 37, 45), 42)
-    assert_close_rel(dense_heatmaps(fused, xs, None, chunk_size=2), dense_heatmaps(model, xs, None, 2),
+    assert_close_rel(dense_heatmaps(fused, xs, None, chunk_size=2), dense_heatmaps(model, xs, None, chunk_size=2),
                      1e-4, "dense")
     assert_close_rel(patch_logits(fused, xs, [1, 2]), patch_logits(model, xs, [1, 2]), 1e-4, "patch fn")
 
@@ -376,16 +376,21 @@ def test_dense_heatmaps_equal_naive_per_patch(q, size):
     x = images((2, 3, *size), 61 + q)
     reference = naive_heatmaps(model, x)  # [2, 10, H, W]
     per_image = torch.tensor([3, 7])
-    cases = [(5, reference[:, [5]]), ([1, 4, 9], reference[:, [1, 4, 9]]), (None, reference),
-             (per_image, torch.stack([reference[0, [3]], reference[1, [7]]]))]
-    for classes, expected in cases:
+    cases = [(5, None, reference[:, [5]]), ([1, 4, 9], None, reference[:, [1, 4, 9]]), (None, None, reference),
+             (per_image, None, reference[:, [3, 7]]),  # a 1-D tensor of classes is shared, like a list
+             (None, per_image, torch.stack([reference[0, [3]], reference[1, [7]]])),
+             (None, torch.tensor([[1, 2], [9, 0]]), torch.stack([reference[0, [1, 2]], reference[1, [9, 0]]]))]
+    for classes, targets, expected in cases:
         for chunk_size in (1, 2):
-            got = dense_heatmaps(model, x, classes, chunk_size=chunk_size)
+            got = dense_heatmaps(model, x, classes, targets=targets, chunk_size=chunk_size)
             assert_close_rel(got, expected, 1e-4, f"q={q} {size} classes={classes} chunk={chunk_size}")
 
     native = model.patch_logits(x).detach()
     assert torch.equal(patch_logits(model, x), native)
-    assert_close_rel(patch_logits(model, x, per_image), torch.stack([native[0, [3]], native[1, [7]]]), 1e-6)
+    assert_close_rel(patch_logits(model, x, targets=per_image), torch.stack([native[0, [3]], native[1, [7]]]), 1e-6)
+    with pytest.raises(ValueError, match="eval mode"):
+        dense_heatmaps(model.train(), x, 1)
+    model.eval()
     c = (q - 1) // 2
     rows, cols = native.shape[-2:]
     assert rows >= 1 and cols >= 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 #: total stride of every BagNet, in input pixels per output location
 BAGNET_STRIDE = 8
@@ -59,7 +59,7 @@ def bagnet_config(q: int, **overrides) -> BagNetConfig:
     """The released configuration of BagNet-q (q in 9, 17, 33), with optional field overrides."""
     if q not in KERNEL3_BY_Q:
         raise ConfigError(f"BagNet-{q} does not exist; choose q from {sorted(KERNEL3_BY_Q)}")
-    return BagNetConfig(kernel3=KERNEL3_BY_Q[q], **overrides)
+    return BagNetConfig(**{"kernel3": KERNEL3_BY_Q[q], **overrides})
 
 
 class Bottleneck(nn.Module):
@@ -140,7 +140,7 @@ class BagNet(nn.Module):
         """x [B, 3, H, W] -> features [B, C, H', W'] (H, W >= q)."""
         q = self.receptive_field
         if x.shape[-1] < q or x.shape[-2] < q:
-            raise ValueError(f"BagNet-{q} needs inputs of at least {q}x{q} px, got {tuple(x.shape[-2:])}")
+            raise DataError(f"BagNet-{q} needs images of at least {q}x{q} px, got {tuple(x.shape[-2:])}")
         x = self.stem(x)
         for layer in self.layers:
             x = layer(x)
