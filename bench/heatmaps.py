@@ -35,10 +35,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from bagrepro.heatmaps import dense_heatmaps  # noqa: E402
-from bagrepro.models.bagnet import BagNet, bagnet  # noqa: E402
+from bagrepro.models.bagnet import BagNet, bagnet, randomise_batchnorm  # noqa: E402
 from bagrepro.models.fast import fuse_bagnet  # noqa: E402
 
 Q = 33
@@ -51,20 +50,7 @@ TOLERANCE = 1e-4
 def random_bagnet33(seed: int) -> BagNet:
     """BagNet-33 with random weights and random, roughly calibrated BatchNorm statistics (eval)."""
     torch.manual_seed(seed)
-    model = bagnet(Q)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # one batch sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, 96, 96))
-        for m in norms:
-            m.momentum = 0.1
-            m.running_var.mul_(0.8 + 0.4 * torch.rand(m.num_features))
-            m.weight.uniform_(0.75, 1.25)
-            m.bias.normal_(0.0, 0.2)
-    return model.eval()
+    return randomise_batchnorm(bagnet(Q), seed)
 
 
 def baseline_patches(padded: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

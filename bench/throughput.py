@@ -27,9 +27,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-from torch import nn  # noqa: E402
 
-from bagrepro.models.bagnet import BagNet, bagnet  # noqa: E402
+from bagrepro.models.bagnet import BagNet, bagnet, randomise_batchnorm  # noqa: E402
 from bagrepro.models.fast import fuse_bagnet  # noqa: E402
 
 TARGET_SPEEDUP = 1.2
@@ -40,20 +39,7 @@ PAPER_RATIO = 0.27
 def random_bagnet33(seed: int) -> BagNet:
     """BagNet-33 with random weights and random, roughly calibrated BatchNorm statistics (eval)."""
     torch.manual_seed(seed)
-    model = bagnet(33)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # one batch sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, 96, 96))
-        for m in norms:
-            m.momentum = 0.1
-            m.running_var.mul_(0.8 + 0.4 * torch.rand(m.num_features))
-            m.weight.uniform_(0.75, 1.25)
-            m.bias.normal_(0.0, 0.2)
-    return model.eval()
+    return randomise_batchnorm(bagnet(33), seed)
 
 
 def main() -> int:

@@ -182,3 +182,27 @@ def reduced_bagnet(q: int, width: int = 8, blocks: int = 1, num_classes: int = 1
     output grid are those of the full model.
     """
     return bagnet(q, layers=(blocks,) * 4, width=width, stem_width=width, num_classes=num_classes)
+
+
+def randomise_batchnorm(model: nn.Module, seed: int, calibration_size: int = 96) -> nn.Module:
+    """Give a randomly initialised model realistic BatchNorm statistics, in place; returns it in eval mode.
+
+    Freshly built BatchNorms are the identity, which makes a random network nearly linear and its
+    outputs nearly independent of the input. Here the statistics come from one batch of noise
+    images (``calibration_size`` px), then variances, scales and shifts are perturbed at random, so
+    benchmarks and checks on random weights see a network that behaves like a trained one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, calibration_size, calibration_size, generator=generator))
+        for norm in norms:
+            norm.momentum = 0.1
+            norm.running_var.mul_(0.8 + 0.4 * torch.rand(norm.num_features, generator=generator))
+            norm.weight.uniform_(0.75, 1.25, generator=generator)
+            norm.bias.normal_(0.0, 0.2, generator=generator)
+    return model.eval()
