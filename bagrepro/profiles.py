@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .data.demo import DEMO_WORLD
 from .errors import ConfigError
 
 #: the paper's models, by role; the paper profile uses the zoo entries of the same names
@@ -65,6 +66,8 @@ _SMOKE_ROLES = {
     "resnet152": "smoke_resnet50", "densenet169": "smoke_densenet169",
 }
 
+_DEMO_ROLES = {role: "demo_" + {"vgg11": "vgg16", "resnet152": "resnet50"}.get(role, role) for role in PAPER_ROLES}
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -87,6 +90,30 @@ PROFILES: dict[str, Profile] = {
             "heatmaps": {"num_images": 3, "ig_steps": 8},
             "top_patches": {"num_classes": 2, "k": 7},
             "misclassified": {"num_images": 3},
+        }),
+    ),
+    "demo": Profile(
+        name="demo",
+        description="the embedded default: a generated world and a demo zoo trained on it (offline, CPU, minutes)",
+        data="demo",
+        models=tuple(_DEMO_ROLES[role] for role in ("bagnet9", "bagnet17", "bagnet33", "vgg16", "resnet50",
+                                                      "densenet169")),
+        stand_ins=MappingProxyType(_DEMO_ROLES),
+        pretrained=True,
+        num_images=None,
+        batch_size=100,
+        image_size=DEMO_WORLD.image_size,
+        num_classes=DEMO_WORLD.num_classes,
+        settings=_frozen({
+            "runtime": {"batch_size": 64, "repeats": 3, "warmup": 1},
+            "interactions": {"patch_sizes": (6, 8, 10, 13, 18, 26), "num_images": 60},
+            "masking": {"num_images": 24, "steps": 60, "random_seeds": 2, "ig_steps": 100},
+            "scrambling": {"grids": (2, 4, 8), "texture_steps": 100, "texture_images": 48,
+                           "texture_note": "100 Adam steps on the demo VGG-16 stand-in (trained on the demo world, "
+                                           "not ImageNet)"},
+            "heatmaps": {"num_images": 6, "ig_steps": 100},
+            "top_patches": {"num_classes": 3, "k": 7},
+            "misclassified": {"num_images": 4},
         }),
     ),
     "paper": Profile(

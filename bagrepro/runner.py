@@ -179,7 +179,7 @@ class RunContext:
             return smoke_images(self.num_images, profile.image_size, profile.num_classes, self.seed)
         if profile.data == "demo":
             from .data.demo import demo_test_images  # the demo world is only built when asked for
-            images = demo_test_images(self.seed)
+            images = demo_test_images()
             return images if self.num_images is None else images.subset(range(min(self.num_images, len(images))))
         raise ConfigError(f"profile '{profile.name}' has unknown data kind '{profile.data}'")
 
@@ -192,7 +192,7 @@ class RunContext:
         """The model as built (eager, eval mode, on the run's device), loaded once per run."""
         if name not in self._models:
             model = create_model(name, pretrained=self.profile.pretrained, weights_dir=self.options.weights_dir,
-                                 progress=not self.quiet)
+                                 progress=not self.quiet, force=self.force)
             classes = len(self.images().classes)
             if model.zoo_spec.num_classes != classes:
                 raise ConfigError(f"model '{name}' has {model.zoo_spec.num_classes} classes but the data has "

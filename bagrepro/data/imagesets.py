@@ -20,13 +20,15 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 
 @dataclass
 class TensorImageSet:
-    """Images held in memory. images [N, 3, H, W] float32 in [0, 1]; labels [N]; ids [N]."""
+    """Images held in memory. images [N, 3, H, W] float32 in [0, 1]; labels [N]; ids [N]; masks:
+    optional ground truth of where the class evidence lies, bool [N, H, W]."""
 
     images: torch.Tensor
     labels: torch.Tensor
     image_ids: list[str]
     classes: list[str]
     description: str
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -39,7 +41,8 @@ class TensorImageSet:
     def subset(self, indices) -> "TensorImageSet":
         indices = list(indices)
         return TensorImageSet(self.images[indices], self.labels[indices], [self.image_ids[i] for i in indices],
-                              self.classes, self.description)
+                              self.classes, self.description,
+                              None if self.masks is None else self.masks[indices])
 
 
 class FileImageSet:

@@ -29,8 +29,9 @@ from ..data.transforms import IMAGENET, Preprocess
 from ..errors import ConfigError
 from .weights import WeightsSpec, load_pretrained
 
-#: A loader that puts trained weights into a freshly built model and returns where they came from.
-WeightsLoader = Callable[[nn.Module, "ModelSpec", "str | Path | None", bool], str]
+#: A loader that puts trained weights into a freshly built model and returns where they came from:
+#: ``loader(model, spec, weights_dir, progress, force) -> provenance``; ``force`` re-makes them.
+WeightsLoader = Callable[[nn.Module, "ModelSpec", "str | Path | None", bool, bool], str]
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,9 @@ def _load_released(model: nn.Module, spec: ModelSpec, weights_dir, progress: boo
 
 
 def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
-                 progress: bool = True) -> nn.Module:
-    """Build a registered model in eval mode; with ``pretrained`` load its weights.
+                 progress: bool = True, force: bool = False) -> nn.Module:
+    """Build a registered model in eval mode; with ``pretrained`` load its weights (``force``:
+    re-make weights that a loader makes, such as the demo zoo's training).
 
     The returned module carries ``zoo_spec`` (its :class:`ModelSpec`) and ``weights_source`` (a
     provenance string: the weights file with its hash, or 'random init').
@@ -125,7 +127,7 @@ def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | 
     source = "random init"
     if pretrained:
         if spec.weights_loader is not None:
-            source = spec.weights_loader(model, spec, weights_dir, progress)
+            source = spec.weights_loader(model, spec, weights_dir, progress, force)
         elif spec.weights is not None:
             source = _load_released(model, spec, weights_dir, progress)
         else:

@@ -106,3 +106,33 @@ def smoke_densenet169(num_classes: int = SMOKE_CLASSES):
     """torchvision's DenseNet (functional ReLU at the end), tiny growth rate and blocks."""
     return tv_densenet.DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2,
                                 num_classes=num_classes)
+
+
+# ---- the demo zoo: trained on the demo world by bagrepro.training (cached) ---------------------------
+def _trained_on_demo_world(model, spec, weights_dir, progress: bool, force: bool) -> str:
+    """Weights loader of the demo zoo: train on the demo world (or reuse the cached training)."""
+    from ..data.demo import demo_world
+    from ..training import get_trained, model_path
+
+    world = demo_world()
+    model.load_state_dict(get_trained(spec.name, world, force=force, progress=progress).state_dict())
+    return f"trained by bagrepro.training on demo world {world.config.fingerprint}: {model_path(spec.name, world)}"
+
+
+def _register_demo_zoo() -> None:
+    from ..data.demo import DEMO_WORLD
+    from ..data.demo_world import WORLD_MEAN, WORLD_STD
+    from .demo_zoo import DEMO_ARCHITECTURES, DEMO_CONFIGS, PAPER_COUNTERPARTS
+
+    preprocess = Preprocess(resize=None, crop=None, mean=WORLD_MEAN, std=WORLD_STD)
+    for name, builder in DEMO_ARCHITECTURES.items():
+        config = DEMO_CONFIGS[name]
+        q = config["q"] if config["family"] == "bagnet" else None
+        counterpart = PAPER_COUNTERPARTS[name]
+        paper_name = f"BagNet-{q} (demo)" if q else f"{_TORCHVISION_MODELS[counterpart][2]} (demo)"
+        register_model(name, num_classes=DEMO_WORLD.num_classes, preprocess=preprocess, receptive_field=q,
+                       weights_loader=_trained_on_demo_world, paper_name=paper_name,
+                       )(lambda num_classes=DEMO_WORLD.num_classes, _builder=builder: _builder(num_classes))
+
+
+_register_demo_zoo()
