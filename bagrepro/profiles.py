@@ -140,7 +140,7 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-DEFAULT_PROFILE = "smoke"
+DEFAULT_PROFILE = "demo"
 
 
 def get_profile(name: str) -> Profile:

@@ -167,7 +167,7 @@ def test_same_seed_gives_identical_csv(tmp_path):
     (["--models", "zz*"], "no registered model matches 'zz*'"),
     (["--profile", "nope"], "unknown profile 'nope'; profiles:"),
     (["--profile", "paper", "--experiment", "accuracy"], "needs --data DIR"),
-    (["--models", "bagnet33", "--experiment", "accuracy"], "has 1000 classes but the data has 10"),
+    (["--profile", "smoke", "--models", "bagnet33", "--experiment", "accuracy"], "has 1000 classes but the data has 10"),
     (["--register-models", "/nonexistent/models.py"], "model file /nonexistent/models.py does not exist"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):

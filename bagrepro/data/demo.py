@@ -25,7 +25,7 @@ def demo_test_images() -> TensorImageSet:
     groups = world.class_groups
     return TensorImageSet(
         images=split.tensor(), labels=split.label_tensor(), image_ids=split.image_ids(),
-        classes=list(world.class_names), masks=split.mask_tensor(),
+        classes=list(world.class_names), masks=split.mask_tensor(), class_groups=list(world.class_groups),
         description=(f"demo world {world.config.fingerprint} test split: {len(split)} images of "
                      f"{world.image_size}x{world.image_size} px, {world.num_classes} classes "
                      f"({groups.count('local')} local, {groups.count('arrangement')} arrangement)"),

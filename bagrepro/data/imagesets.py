@@ -21,7 +21,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 @dataclass
 class TensorImageSet:
     """Images held in memory. images [N, 3, H, W] float32 in [0, 1]; labels [N]; ids [N]; masks:
-    optional ground truth of where the class evidence lies, bool [N, H, W]."""
+    optional ground truth of where the class evidence lies, bool [N, H, W]; class_groups: optional
+    group name per class (the demo world's 'local' / 'arrangement')."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -29,6 +30,7 @@ class TensorImageSet:
     classes: list[str]
     description: str
     masks: torch.Tensor | None = None
+    class_groups: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -42,7 +44,7 @@ class TensorImageSet:
         indices = list(indices)
         return TensorImageSet(self.images[indices], self.labels[indices], [self.image_ids[i] for i in indices],
                               self.classes, self.description,
-                              None if self.masks is None else self.masks[indices])
+                              None if self.masks is None else self.masks[indices], self.class_groups)
 
 
 class FileImageSet:

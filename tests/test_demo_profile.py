@@ -1,0 +1,55 @@
+"""The demo profile end to end through the CLI, on a tiny world and a one-epoch recipe (the real
+world and recipes take minutes; their numbers are in bench/demo_zoo.py and the issue note)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+import run_all
+from bagrepro import training
+from bagrepro.data import demo
+from bagrepro.profiles import PROFILES
+
+MODELS = ["demo_bagnet9", "demo_resnet50"]
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    world = dataclasses.replace(demo.DEMO_WORLD, train_per_class=4, val_per_class=1, test_per_class=2)
+    monkeypatch.setattr(demo, "DEMO_WORLD", world)
+    recipes = {name: dataclasses.replace(recipe, epochs=1, bn_recalibration_images=16)
+               for name, recipe in training.DEMO_RECIPES.items()}
+    monkeypatch.setattr(training, "DEMO_RECIPES", recipes)
+    return world
+
+
+def test_demo_is_the_default_profile():
+    assert run_all.parse_args([]).profile == "demo" and "demo" in PROFILES
+
+
+def test_demo_profile_trains_once_then_reuses_the_zoo(tiny_demo, tmp_path, monkeypatch):
+    args = ["--profile", "demo", "--experiment", "accuracy", "--models", *MODELS, "--quiet", "--out", str(tmp_path)]
+    assert run_all.main(args) == 0
+    results = tmp_path / "results" / "accuracy"
+    predictions = pd.read_csv(results / "predictions.csv")
+    classes = tiny_demo.num_classes
+    assert len(predictions) == len(MODELS) * classes * 2
+    groups = pd.read_csv(results / "per_group.csv")
+    assert set(groups["group"]) == {"local", "arrangement", "all"}
+    arrangement = tiny_demo.class_groups.count("arrangement")
+    assert groups.loc[groups["group"] == "arrangement", "chance_top1"].iloc[0] == pytest.approx(100 / arrangement)
+    meta = json.loads((results / "predictions.meta.json").read_text())
+    assert all("trained by bagrepro.training" in meta["models"][m] for m in MODELS)
+    assert "demo world" in meta["data"]
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the cached demo zoo was retrained")
+
+    monkeypatch.setattr(training, "train_model", must_not_train)
+    assert run_all.main([*args, "--experiment", "interactions", "--out", str(tmp_path / "again")]) == 0
+    with pytest.raises(AssertionError, match="retrained"):  # --force re-makes everything, training included
+        run_all.main([*args, "--force"])
