@@ -1,10 +1,11 @@
 """Train (or load) the demo zoo and print test accuracies per class group and training times.
 
-    python bench/demo_zoo.py [--force] [--models demo_bagnet9 ...] [--seed 0]
+    python bench/demo_zoo.py [--force] [--models demo_bagnet9 ...] [--seed 0] [--grid docs/demo_world.png]
 
-Accuracy groups: all classes; local (texture + dimer classes); arrangement (the classes that differ
+Accuracy groups: all classes; local (texture + lattice classes); arrangement (the classes that differ
 only in the global configuration of two shared parts; chance within the group is 1/3); texture and
-dimer separately (dimer parts span 14 px: invisible to a 9 px window, visible to a 17 px one).
+lattice separately (the lattice classes differ only in how 4 px dots 8 px apart are arranged: a
+9 px window never holds two dots, a 17 px window does; chance within the group is 1/3).
 Training times come from the record written beside each cached model (the time of the run that
 trained it).
 """
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bagrepro.data.demo_world import WorldConfig, make_world  # noqa: E402
+from bagrepro.data.demo_world import WorldConfig, make_world, save_example_grid  # noqa: E402
 from bagrepro.models.demo_zoo import DEMO_ARCHITECTURES  # noqa: E402
 from bagrepro.training import get_trained, group_accuracies, model_path, read_training_record  # noqa: E402
 
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="world seed")
     parser.add_argument("--force", action="store_true", help="retrain even if cached")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--grid", type=Path, help="also draw a grid of example images to this PNG")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -38,7 +40,9 @@ def main(argv=None) -> int:
     print(f"world: {world.config.fingerprint}, {world.num_classes} classes, {world.image_size} px, "
           f"train/val/test {len(world.train)}/{len(world.val)}/{len(world.test)} "
           f"({time.perf_counter() - start:.1f} s); torch threads {torch.get_num_threads()}")
-    groups = ("all", "local", "texture", "dimer", "arrangement")
+    if args.grid:
+        print(f"example grid: {save_example_grid(world, args.grid)}")
+    groups = ("all", "local", "texture", "lattice", "arrangement")
     print(f"{'model':18s} " + " ".join(f"{g:>11s}" for g in groups) + f" {'train s':>8s} {'this run s':>10s}")
     total_train = 0.0
     for name in args.models:

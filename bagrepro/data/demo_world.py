@@ -6,22 +6,22 @@ single dots) with the evidence of its class painted on top. Three kinds of class
 - **texture** classes (local): two or three blobs filled with the class's texture (stripes of one
   orientation, a checkerboard, polka dots, waves, a cross-hatch). A texture repeats every few pixels,
   so any window of a BagNet-9 inside a blob already shows it.
-- **dimer** classes (local, but at the scale between 9 and 17 px): the class's vocabulary of small
-  parts made of 3 px dots, 8 px apart (a horizontal or vertical pair; a diagonal pair; an L-shaped
-  triple). Every image holds the same number of dots, and single dots are scattered in every image,
-  so a 9 px window, which never sees two dots of a part, sees nothing class-specific; a 17 px window
-  sees whole parts.
+- **lattice** classes (local, but only at a scale between 9 and 17 px): a lattice of small dots (4 px)
+  over the whole image, 8 px apart along rows, along columns, or along the diagonals (a quincunx); all
+  three have the same dot density and colours. A 9 px window never holds two dots, so every 9 px
+  view of the three classes looks alike; a 17 px window sees neighbouring dots and their direction.
 - **arrangement** classes (global): the same two parts A (a bullseye) and B (a framed square) in
   every image, side by side, one above the other, or diagonal. The parts sit on a 2 x 2 lattice of
   positions (spacing a multiple of 8, jitter of one full stride period), A and B in random order, so
   each part has the same position distribution in every arrangement class and the same phase
-  relative to a BagNet's stride-8 window grid. They are more than ``guard`` px apart (no window of a
-  BagNet-q with q <= guard sees both) and at least ``guard`` px from every border (every window that
-  could see a part exists, so a window's view never tells where the part is). Only a model that
-  relates the two parts can tell the classes apart.
+  relative to a BagNet's stride-8 window grid. At least ``guard - 1`` px lie between them (no window
+  of a BagNet-q with q <= guard holds pixels of both) and at least ``guard`` px between each part and
+  every border (every window that could see a part exists, so a window's view never tells where the
+  part is). Only a model that relates the two parts can tell the classes apart: with the defaults
+  (guard 17, parts of 8 px 24 px apart) BagNet-9 and BagNet-17 cannot, a 33 px window can hold both.
 
 Ground truth: ``masks[i]`` is True exactly on the pixels painted as class evidence (texture blobs,
-the dots of the class's parts, the two arrangement parts); evidence is painted last, so nothing
+the lattice dots, the two arrangement parts); evidence is painted last, so nothing
 occludes it. :func:`render_images` with ``evidence=False`` draws the same scenes without the
 evidence, for checks.
 
@@ -50,22 +50,20 @@ from ..cache import cache_dir, config_hash
 from ..errors import ConfigError, DataError
 
 #: bump when the generator changes what it draws: it is part of the cache key of worlds and models
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: per-channel mean / std of the default world's training images (RGB in [0, 1]); the demo zoo's
 #: inputs are ``(x - WORLD_MEAN) / WORLD_STD``
-WORLD_MEAN = (0.5, 0.5, 0.5)
-WORLD_STD = (0.25, 0.25, 0.25)
+WORLD_MEAN = (0.497, 0.489, 0.484)
+WORLD_STD = (0.167, 0.163, 0.166)
 
 SPLITS = ("train", "val", "test")
 GROUPS = ("local", "arrangement")
 
 #: BagNets see input windows on a grid of stride 8
 STRIDE = 8
-#: dimer parts: dots of DOT px, DOT_GAP px apart (no 9 px window sees two dots of one part)
-DOT = 3
+#: lattice classes: dots ``lattice_dot`` px wide, DOT_GAP px apart (no 9 px window holds two dots)
 DOT_GAP = 8
-DOT_PITCH = DOT + DOT_GAP
 
 
 @dataclass(frozen=True)
@@ -90,16 +88,16 @@ TEXTURES = (
     TextureSpec("cross-hatch", "hatch", 45.0, 7.0, (0.62, 0.16, 0.64), (0.95, 0.90, 0.95)),
 )
 
-#: the dimer vocabularies: each class's parts as dot offsets (row, col) in units of DOT_PITCH; every
-#: class's set of parts is closed under flips
-DIMERS = {
-    "dimer-straight": (((0, 0), (0, 1)), ((0, 0), (1, 0))),
-    "dimer-diagonal": (((0, 0), (1, 1)), ((0, 1), (1, 0))),
-    "dot-triangle": (((0, 0), (0, 1), (1, 0)), ((0, 0), (0, 1), (1, 1)),
-                     ((0, 0), (1, 0), (1, 1)), ((0, 1), (1, 0), (1, 1))),
+#: the lattice classes: dots on a grid of pitch lattice_dot + DOT_GAP at (row i, column j), kept where
+#: this rule holds
+LATTICES = {
+    "dot-rows": lambda i, j: i % 2 == 0,  # rows 2 pitches apart, dots 1 pitch apart along a row
+    "dot-columns": lambda i, j: j % 2 == 0,
+    "dot-diagonal": lambda i, j: (i + j) % 2 == 0,  # a quincunx: nearest neighbours on the diagonals
 }
-#: dots of class evidence per dimer image (the same for every dimer class: dot counts tell nothing)
-DIMER_DOTS = 12
+#: share of lattice dots left out at random (the same in every lattice class)
+LATTICE_DROP = 0.15
+
 
 #: the arrangement classes: which cells of the 2 x 2 lattice (row, col) the two parts occupy;
 #: each class lists its alternatives (drawn with equal probability)
@@ -116,35 +114,37 @@ class WorldConfig:
 
     seed: the world's seed; image_size: side S in px (S - 1 must be a multiple of 8, so the windows
     of every BagNet-q, q in 9/17/33, tile the image exactly); *_per_class: images per class in each
-    split; textures / dimers / arrangements: how many classes of each kind (the first n of
-    :data:`TEXTURES`, :data:`DIMERS`, :data:`ARRANGEMENTS`); guard: the arrangement classes are
-    invisible to BagNets with q <= guard (parts more than guard px apart and at least guard px from
-    the borders); part_size: side of the arrangement parts in px; distractor_shapes /
-    distractor_dots: clutter per image.
+    split; textures / lattices / arrangements: how many classes of each kind (the first n of
+    :data:`TEXTURES`, :data:`LATTICES`, :data:`ARRANGEMENTS`); guard: the arrangement classes are
+    invisible to BagNets with q <= guard (at least guard - 1 px between the parts, at least guard px
+    from the borders); part_size: side of the arrangement parts in px; lattice_dot: side of the lattice
+    classes' dots (and of the distractor dots) in px; distractor_shapes / distractor_dots: clutter
+    per image.
     """
 
     seed: int = 0
-    image_size: int = 81
+    image_size: int = 73
     train_per_class: int = 250
     val_per_class: int = 25
     test_per_class: int = 75
     textures: int = 6
-    dimers: int = 3
+    lattices: int = 3
     arrangements: int = 3
     guard: int = 17
     part_size: int = 8
+    lattice_dot: int = 4
     distractor_shapes: int = 7
-    distractor_dots: int = 8
+    distractor_dots: int = 4
 
     def __post_init__(self):
         if not 2 * self.guard + 16 <= self.image_size <= 128 or (self.image_size - 1) % STRIDE:
             raise ConfigError(f"demo world image_size {self.image_size}: must be 8k + 1 px, at most 128 "
                               f"and at least 2 * guard + 16")
-        if not (0 <= self.textures <= len(TEXTURES) and 0 <= self.dimers <= len(DIMERS)
+        if not (0 <= self.textures <= len(TEXTURES) and 0 <= self.lattices <= len(LATTICES)
                 and self.arrangements in (0, 2, 3)):
-            raise ConfigError(f"demo world class counts: textures 0..{len(TEXTURES)}, dimers 0..{len(DIMERS)}, "
-                              f"arrangements 0, 2 or 3 (got {self.textures}, {self.dimers}, {self.arrangements})")
-        if self.textures + self.dimers + self.arrangements < 2:
+            raise ConfigError(f"demo world class counts: textures 0..{len(TEXTURES)}, lattices 0..{len(LATTICES)}, "
+                              f"arrangements 0, 2 or 3 (got {self.textures}, {self.lattices}, {self.arrangements})")
+        if self.textures + self.lattices + self.arrangements < 2:
             raise ConfigError("a demo world needs at least two classes")
         if min(self.train_per_class, self.val_per_class, self.test_per_class) < 1:
             raise ConfigError("a demo world needs at least one image per class in every split")
@@ -153,17 +153,17 @@ class WorldConfig:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return (tuple(t.name for t in TEXTURES[:self.textures]) + tuple(list(DIMERS)[:self.dimers])
+        return (tuple(t.name for t in TEXTURES[:self.textures]) + tuple(list(LATTICES)[:self.lattices])
                 + tuple(list(ARRANGEMENTS)[:self.arrangements]))
 
     @property
     def class_kinds(self) -> tuple[str, ...]:
-        """'texture', 'dimer' or 'arrangement' per class."""
-        return ("texture",) * self.textures + ("dimer",) * self.dimers + ("arrangement",) * self.arrangements
+        """'texture', 'lattice' or 'arrangement' per class."""
+        return ("texture",) * self.textures + ("lattice",) * self.lattices + ("arrangement",) * self.arrangements
 
     @property
     def class_groups(self) -> tuple[str, ...]:
-        """'local' (texture and dimer classes) or 'arrangement' per class."""
+        """'local' (texture and lattice classes) or 'arrangement' per class."""
         return tuple("arrangement" if kind == "arrangement" else "local" for kind in self.class_kinds)
 
     @property
@@ -183,11 +183,13 @@ def arrangement_lattice(config: WorldConfig) -> tuple[int, int]:
     """(origin, spacing) of the arrangement parts' 2 x 2 lattice, in px.
 
     A part's top-left corner lies at ``origin + cell * spacing + jitter`` on each axis, with cell in
-    {0, 1} and jitter in [0, 8). spacing is the smallest multiple of 8 that leaves more than ``guard``
-    px between the parts; origin centres the lattice, which must leave ``guard`` px to every border.
+    {0, 1} and jitter in [0, 8). spacing is the smallest multiple of 8 that leaves at least
+    ``guard - 1`` px between the parts, so that no window of ``guard`` px holds pixels of both (it
+    would have to span gap + 2 px); origin centres the lattice, which must leave at least ``guard``
+    px to every border.
     """
     size, part, guard = config.image_size, config.part_size, config.guard
-    spacing = STRIDE * math.ceil((part + guard + 1) / STRIDE)
+    spacing = STRIDE * math.ceil((part + guard - 1) / STRIDE)
     extent = spacing + STRIDE - 1 + part
     origin = (size - extent) // 2
     if origin < guard or size - (origin + extent) < guard:
@@ -276,12 +278,12 @@ class DemoWorld:
         return self.config.image_size
 
     def classes_in_group(self, group: str) -> list[int]:
-        """Class indices of a group ('local', 'arrangement', or a kind: 'texture', 'dimer')."""
+        """Class indices of a group ('local', 'arrangement', or a kind: 'texture', 'lattice')."""
         if group == "all":
             return list(range(self.num_classes))
         found = [c for c in range(self.num_classes) if group in (self.class_groups[c], self.class_kinds[c])]
-        if not found and group not in GROUPS + ("texture", "dimer"):
-            raise ConfigError(f"unknown class group '{group}'; choose from all, local, arrangement, texture, dimer")
+        if not found and group not in GROUPS + ("texture", "lattice"):
+            raise ConfigError(f"unknown class group '{group}'; choose from all, local, arrangement, texture, lattice")
         return found
 
 
@@ -506,26 +508,28 @@ def _paint_textures(rng, image, mask, labels, config: WorldConfig, evidence: boo
         mask[chosen] |= blob
 
 
-def _paint_dimers(rng, image, mask, labels, config: WorldConfig, evidence: bool) -> None:
-    """Dimer classes: DIMER_DOTS dots of class evidence, grouped into the class's parts."""
+def _paint_lattices(rng, image, mask, labels, config: WorldConfig, evidence: bool) -> None:
+    """Lattice classes: dots of one colour on the class's lattice, over the whole image."""
     n, size = image.shape[:2]
+    dot = config.lattice_dot
+    pitch = dot + DOT_GAP
     first = config.textures
-    offsets = np.zeros((n, DIMER_DOTS, 2), np.int64)
-    valid = np.zeros((n, DIMER_DOTS), bool)
-    choice = rng.integers(0, 4, (n, DIMER_DOTS))
-    anchors = rng.integers(-1, size - DOT_PITCH - DOT + 2, (n, DIMER_DOTS, 2))
-    colours = _dot_colours(rng, (n, DIMER_DOTS))
-    for c, (name, parts) in enumerate(list(DIMERS.items())[:config.dimers]):
-        dots_per_part = len(parts[0])
-        for i in np.flatnonzero(labels == first + c):
-            for p in range(DIMER_DOTS // dots_per_part):
-                part = parts[choice[i, p] % len(parts)]
-                for d, (dr, dc) in enumerate(part):
-                    slot = p * dots_per_part + d
-                    offsets[i, slot] = anchors[i, p] + DOT_PITCH * np.array((dr, dc))
-                    valid[i, slot] = True
-    if evidence:
-        _paint_squares(image, mask, offsets, DOT, colours, valid)
+    cells = size // pitch + 3
+    i, j = np.meshgrid(np.arange(-1, cells - 1), np.arange(-1, cells - 1), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    offset = rng.integers(0, pitch, (n, 2))
+    parity = rng.integers(0, 2, (n, 2))  # which rows / columns / diagonal the lattice keeps
+    kept = rng.random((n, len(i))) >= LATTICE_DROP
+    colour = _dot_colours(rng, (n,))
+    if not evidence:
+        return
+    top_left = np.stack([offset[:, 0, None] + pitch * i[None], offset[:, 1, None] + pitch * j[None]], -1)
+    valid = np.zeros((n, len(i)), bool)
+    for c, rule in enumerate(list(LATTICES.values())[:config.lattices]):
+        chosen = labels == first + c
+        valid[chosen] = rule(i[None] + parity[chosen, :1], j[None] + parity[chosen, 1:])
+    valid &= kept
+    _paint_squares(image, mask, top_left, dot, np.broadcast_to(colour[:, None], (n, len(i), 3)), valid)
 
 
 def _part_sprites(side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -546,7 +550,7 @@ def _part_sprites(side: int) -> tuple[np.ndarray, np.ndarray]:
 def _paint_arrangements(rng, image, mask, labels, config: WorldConfig, evidence: bool) -> None:
     """Arrangement classes: parts A and B on the 2 x 2 lattice in the class's configuration."""
     n = image.shape[0]
-    first = config.textures + config.dimers
+    first = config.textures + config.lattices
     alternative = rng.integers(0, 2, n)
     swap = rng.integers(0, 2, n)
     jitter = rng.integers(0, STRIDE, (n, 2))
@@ -582,11 +586,11 @@ def render_images(config: WorldConfig, labels: np.ndarray, rng: np.random.Genera
         image = scene.numpy()  # the same memory: the painters below write into it
         _paint_distractor_shapes(rng, image, config.distractor_shapes)
         dots = rng.integers(-1, size - 1, (n, config.distractor_dots, 2))
-        _paint_squares(image, None, dots, DOT, _dot_colours(rng, dots.shape[:2]),
+        _paint_squares(image, None, dots, config.lattice_dot, _dot_colours(rng, dots.shape[:2]),
                        np.ones(dots.shape[:2], bool))
         mask = masks[start:start + n]
         _paint_textures(rng, image, mask, part, config, evidence)
-        _paint_dimers(rng, image, mask, part, config, evidence)
+        _paint_lattices(rng, image, mask, part, config, evidence)
         _paint_arrangements(rng, image, mask, part, config, evidence)
         grain = torch.from_numpy(rng.random((n, size, size, 3), dtype=np.float32)).sub_(0.5).mul_(0.07)
         final = scene.add_(grain).mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
@@ -610,8 +614,8 @@ def save_example_grid(world: DemoWorld, path, split: str = "train", per_class: i
     rows = world.num_classes
     size = world.image_size
     inches = size * 1.6 / dpi
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * inches + 1.9, rows * inches + 0.4), dpi=dpi,
-                             squeeze=False)
+    width, height = columns * inches + 1.9, rows * inches + 0.7
+    fig, axes = plt.subplots(rows, columns, figsize=(width, height), dpi=dpi, squeeze=False)
     for c in range(rows):
         chosen = np.flatnonzero(data.labels == c)[:per_class]
         for j in range(columns):
@@ -626,13 +630,14 @@ def save_example_grid(world: DemoWorld, path, split: str = "train", per_class: i
                 ax.imshow(shaded, interpolation="nearest")
             else:
                 ax.set_axis_off()
-            if c == 0 and show_masks and j == per_class:
-                ax.set_title("evidence", fontsize=8)
+            if c == 0:
+                ax.set_title("evidence of 1st" if show_masks and j == per_class else f"{split}", fontsize=7)
         axes[c, 0].set_ylabel(f"{c}: {world.class_names[c]}\n({world.class_kinds[c]})", rotation=0,
                               ha="right", va="center", fontsize=8)
-    fig.suptitle(f"demo world (seed {world.config.seed}, {size} px, {split} split)", fontsize=9)
-    fig.subplots_adjust(left=1.8 / (columns * inches + 1.9), right=0.99, top=1 - 0.35 / (rows * inches + 0.4),
-                        bottom=0.01, wspace=0.05, hspace=0.05)
+    fig.suptitle(f"demo world: seed {world.config.seed}, {size} px, {world.num_classes} classes", fontsize=9,
+                 y=1 - 0.12 / height)
+    fig.subplots_adjust(left=1.8 / width, right=1 - 0.05 / width, top=1 - 0.55 / height, bottom=0.1 / height,
+                        wspace=0.05, hspace=0.05)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(".tmp.png")

@@ -7,8 +7,8 @@ Six stand-ins for the paper's models, each built by a ``(num_classes: int) -> nn
   convolutions are those of the released BagNets, so every BagNet property (patch logits, exact
   dense heatmaps, linearity over separated masks) holds for them as for the full models.
 - ``demo_vgg16``: torchvision's :class:`~torchvision.models.VGG` on the 13-convolution "D" layout of
-  ``vgg.make_layers`` (with BatchNorm, so it trains in a few epochs), channels divided by 8, and a
-  small three-layer classifier on a 2x2 pooled grid (``avgpool`` -> ``torch.flatten`` ->
+  ``vgg.make_layers`` (with BatchNorm, so it trains in a few epochs), channels divided by 4 to 8, and
+  a small three-layer classifier on a 2x2 pooled grid (``avgpool`` -> ``torch.flatten`` ->
   ``classifier``, as in torchvision's ``VGG.forward``: no ``nn.Flatten`` module).
 - ``demo_resnet50``: torchvision's :class:`~torchvision.models.ResNet` with
   :class:`~torchvision.models.resnet.Bottleneck` blocks (each block reuses one ``relu`` module, as in
@@ -38,8 +38,9 @@ DEMO_CONFIGS: dict[str, dict] = {
     "demo_bagnet9": {"family": "bagnet", "q": 9, "width": 16, "blocks": 1},
     "demo_bagnet17": {"family": "bagnet", "q": 17, "width": 16, "blocks": 1},
     "demo_bagnet33": {"family": "bagnet", "q": 33, "width": 16, "blocks": 1},
-    # VGG-16 "D" layout (13 conv + 3 linear), channels / 8, BatchNorm after every conv
-    "demo_vgg16": {"family": "vgg", "cfg": [8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M",
+    # VGG-16 "D" layout (13 conv + 3 linear), channels / 4 in the first three blocks and / 8 in the
+    # last two, BatchNorm after every conv (at / 8 throughout it never learnt the lattice classes)
+    "demo_vgg16": {"family": "vgg", "cfg": [16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M",
                                             64, 64, 64, "M"],
                    "batch_norm": True, "pool": 2, "hidden": 128, "dropout": 0.3},
     # ResNet-50 stages (Bottleneck, expansion 4), planes 16/32/64/128 (64/128/256/512 / 4)
@@ -99,7 +100,9 @@ def demo_vgg16(num_classes: int) -> VGG:
         nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(p=cfg["dropout"]),
         nn.Linear(hidden, num_classes),
     )
-    _init_conv_bn_linear(model.modules(), linear_std=0.01)
+    # torchvision's N(0, 0.01) suits 4096-wide layers; for 128-wide ones it all but stops the
+    # gradient, so the linear layers keep PyTorch's default initialisation
+    _init_conv_bn_linear(model.modules(), linear_std=None)
     return model
 
 
