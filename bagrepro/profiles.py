@@ -106,7 +106,7 @@ PROFILES: dict[str, Profile] = {
         num_classes=DEMO_WORLD.num_classes,
         settings=_frozen({
             "runtime": {"batch_size": 64, "repeats": 3, "warmup": 1},
-            "interactions": {"patch_sizes": (6, 8, 10, 13, 18, 26), "num_images": 60},
+            "interactions": {"patch_sizes": (6, 8, 10, 12, 18, 24), "num_images": 60},
             "masking": {"num_images": 24, "steps": 60, "random_seeds": 2, "ig_steps": 100},
             "scrambling": {"grids": (2, 4, 8), "texture_steps": 100, "texture_images": 48,
                            "texture_note": "100 Adam steps on the demo VGG-16 stand-in (trained on the demo world, "
