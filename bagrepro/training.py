@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import cache_dir, config_hash
-from .data.demo_world import DemoWorld, normalize, to_tensor
+from .data.demo_world import WORLD_MEAN, WORLD_STD, DemoWorld, normalize, to_tensor
 from .errors import ConfigError, WeightsError
 from .models.demo_zoo import DEMO_ARCHITECTURES, DEMO_CONFIGS
 
@@ -254,7 +254,8 @@ def group_accuracies(model: nn.Module, world: DemoWorld, split: str = "test",
 def model_key(name: str, world: DemoWorld, recipe: TrainRecipe) -> str:
     """Hash of everything that determines a trained demo model."""
     return config_hash(recipe, world.config, world.config.fingerprint, name, DEMO_CONFIGS[name],
-                       {"num_classes": world.num_classes, "training_version": TRAINING_VERSION})
+                       {"num_classes": world.num_classes, "training_version": TRAINING_VERSION,
+                        "input_mean": WORLD_MEAN, "input_std": WORLD_STD})
 
 
 def model_path(name: str, world: DemoWorld, recipe: TrainRecipe | None = None) -> Path:
