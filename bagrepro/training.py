@@ -169,7 +169,7 @@ def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
         memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         decay, no_decay = [], []
-        for parameter_name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
         groups = [{"params": decay, "weight_decay": recipe.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]

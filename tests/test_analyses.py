@@ -102,8 +102,8 @@ def test_error_distribution_pair_of_identical_models():
                          "correct_top1": generator.random(60) < 0.5, "correct_top5": generator.random(60) < 0.7})
     predictions = pd.concat([rows.assign(model="a"), rows.assign(model="b")])
     per_class, summary = compare(predictions, "a", "b")
-    assert (per_class["top5_x"] == per_class["top5_y"]).all()
-    assert summary["pearson_r_per_class_top5"] == pytest.approx(1.0) and summary["kappa_top1"] == 1.0
+    assert (per_class["accuracy_x"] == per_class["accuracy_y"]).all()
+    assert summary["pearson_r_per_class"] == pytest.approx(1.0) and summary["kappa_top1"] == 1.0
 
 
 def test_pearson_rows():
