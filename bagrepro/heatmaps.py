@@ -75,7 +75,7 @@ def _block_dense(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:
     if stride == 1:
         return block(x)
     if stride != 2:
-        raise NotImplementedError("dense heatmaps support strides 1 and 2")
+        raise ValueError(f"dense heatmaps need strides 1 or 2, got a block with stride {stride}")
     out = block.relu(block.bn1(block.conv1(x)))
     out = block.relu(block.bn2(_conv_at_stride_one(block.conv2, out)))
     out = block.bn3(block.conv3(out))
