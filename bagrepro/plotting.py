@@ -19,7 +19,10 @@ OURS_COLOUR, PAPER_COLOUR = "#1f77b4", "#bbbbbb"
 
 
 def new_figure(*args, **kwargs):
+    """``plt.subplots`` in the house style. Constrained layout by default, so that a figure's
+    suptitle, axis titles and legends never overlap (``bbox_inches='tight'`` only trims margins)."""
     plt.rcParams.update(STYLE)
+    kwargs.setdefault("layout", "constrained")
     return plt.subplots(*args, **kwargs)
 
 

@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -180,7 +181,9 @@ def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
         else:
             raise ConfigError(f"unknown optimizer '{recipe.optimizer}' in the training recipe; use sgd or adamw")
         model.train()
-        bar = tqdm(total=total, desc=f"train {name}", unit="batch", disable=not progress, leave=False)
+        # In a log file (not a terminal) a bar redrawn ten times a second buries everything else.
+        bar = tqdm(total=total, desc=f"train {name}", unit="batch", disable=not progress, leave=False,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
         step, running_loss, running_correct, running_seen = 0, 0.0, 0, 0
         for epoch in range(recipe.epochs):
             order = torch.randperm(count, generator=generator)
@@ -307,6 +310,10 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
               "architecture": DEMO_CONFIGS[name], "val_accuracy": group_accuracies(model, world, "val")}
     _atomic_write(path, lambda temp: torch.save(model.state_dict(), temp))
     _atomic_write(path.with_suffix(".json"), lambda temp: Path(temp).write_text(json.dumps(record, indent=1)))
+    if progress:
+        accuracies = ", ".join(f"{group} {value:.3f}" for group, value in record["val_accuracy"].items()
+                               if not math.isnan(value))  # NaN: an empty group
+        tqdm.write(f"trained {name} in {seconds:.0f} s; validation top-1: {accuracies}", file=sys.stderr)
     return model
 
 

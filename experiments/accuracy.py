@@ -114,7 +114,7 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         ax.set_xticks(x, summary["model"], rotation=30, ha="right")
         ax.set_title(f"{metric.replace('top', 'top-')} accuracy (%)")
         ax.set_ylim(0, 105)
-    axes[0].legend(loc="upper left")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")  # clear of the bars
     fig.suptitle("Fig. 1B: accuracy (paper: released BagNets; torchvision V1 docs for deep models)", fontsize=9)
     return save_figure(fig, figures_dir / "fig1b_accuracy")
 

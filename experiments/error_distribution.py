@@ -1,7 +1,8 @@
 """Error distribution (Fig. 7): do BagNets and deep networks get the same classes right?
 
 Per-class top-5 accuracy of BagNet-33 against VGG-16, ResNet-50, ResNet-152 and DenseNet-169, and of
-VGG-11 against VGG-16 (profile stand-ins elsewhere), from the accuracy experiment's per-image rows
+VGG-11 against VGG-16 (profile stand-ins elsewhere; a pair the stand-ins collapse onto one model or
+onto an earlier pair is left out), from the accuracy experiment's per-image rows
 (reused, computed only where missing). Per pair: Pearson r of the per-class accuracies and, beyond
 the paper, Cohen's kappa error consistency of top-1 correctness per image (Geirhos et al. 2020).
 
@@ -50,9 +51,26 @@ def compare(predictions: pd.DataFrame, x: str, y: str, metric: str = "top5") -> 
     return per_class, summary
 
 
+def distinct_pairs(role_to_model, log=print) -> list[tuple[str, str, str]]:
+    """The paper's pairs as (model_x, model_y, 'role vs role'), resolved through the profile's
+    stand-ins. A pair whose two roles share one stand-in, or that resolves to the same two models as
+    an earlier pair, says nothing new (r = kappa = 1, or a duplicate panel): it is left out, with a
+    line that says so."""
+    pairs, seen = [], set()
+    for x_role, y_role in PAIRS:
+        x, y = role_to_model(x_role), role_to_model(y_role)
+        label = f"{x_role} vs {y_role}"
+        if x == y or (x, y) in seen:
+            log(f"[error_distribution] {label}: left out, this profile's stand-ins make it {x} vs {y} again")
+            continue
+        seen.add((x, y))
+        pairs.append((x, y, label))
+    return pairs
+
+
 def run(ctx: RunContext) -> None:
     start = time.perf_counter()
-    pairs = [(ctx.role(x), ctx.role(y), f"{x} vs {y}") for x, y in PAIRS]
+    pairs = distinct_pairs(ctx.role, log=lambda line: None if ctx.quiet else print(line))
     names = list(dict.fromkeys(name for x, y, _ in pairs for name in (x, y)))
     predictions = predictions_for(ctx, names)
     metric = ctx.profile.setting("error_distribution", "metric", "top5")
@@ -73,12 +91,14 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     per_class = read_csv(results_dir / "per_class.csv")
     pairs = read_csv(results_dir / "pairs.csv")
     fig, axes = new_figure(1, len(pairs), figsize=(2.4 * len(pairs), 2.6), squeeze=False)
+    lowest = per_class[["accuracy_x", "accuracy_y"]].min().min()
+    low = max(0.0, min(40.0, np.floor(lowest / 10) * 10))  # the paper's 40-100 %, wider only if needed
     for ax, (_, pair) in zip(axes[0], pairs.iterrows()):
         rows = per_class[per_class["pair"] == pair["pair"]]
         ax.scatter(rows["accuracy_y"], rows["accuracy_x"], s=5, alpha=0.5)
-        ax.plot([0, 100], [0, 100], color="k", lw=0.5)
-        ax.set_xlim(-2, 102)
-        ax.set_ylim(-2, 102)
+        ax.plot([low, 100], [low, 100], color="k", lw=0.5)
+        ax.set_xlim(low - 2, 102)
+        ax.set_ylim(low - 2, 102)
         ax.set_xlabel(f"{pair['model_y']} {pair['metric']} (%)", fontsize=7)
         ax.set_ylabel(f"{pair['model_x']} {pair['metric']} (%)", fontsize=7)
         ax.set_title(f"r = {pair['pearson_r_per_class']:.2f}, kappa = {pair['kappa_top1']:.2f}", fontsize=7)

@@ -12,7 +12,7 @@ import run_all
 from bagrepro.metrics import error_consistency, top_k_hits
 from bagrepro.models import create_model
 from bagrepro.scrambling import _grams, scramble_tiles, texture_layers, texturise
-from experiments.error_distribution import compare
+from experiments.error_distribution import PAIRS, compare, distinct_pairs
 from experiments.logit_correlation import pearson_rows
 from experiments.thresholding import thresholded_scores
 
@@ -106,6 +106,16 @@ def test_error_distribution_pair_of_identical_models():
     assert summary["pearson_r_per_class"] == pytest.approx(1.0) and summary["kappa_top1"] == 1.0
 
 
+def test_error_distribution_leaves_out_pairs_the_stand_ins_collapse():
+    said = []
+    stand_ins = {"bagnet33": "b33", "vgg16": "v", "vgg11": "v", "resnet50": "r", "resnet152": "r", "densenet169": "d"}
+    pairs = distinct_pairs(stand_ins.__getitem__, log=said.append)
+    assert [(x, y) for x, y, _ in pairs] == [("b33", "v"), ("b33", "r"), ("b33", "d")]
+    assert len(said) == 2 and "bagnet33 vs resnet152" in said[0] and "vgg11 vs vgg16" in said[1]
+    identity = distinct_pairs(lambda role: role, log=said.append)
+    assert [label for _, _, label in identity] == [f"{x} vs {y}" for x, y in PAIRS] and len(said) == 2
+
+
 def test_pearson_rows():
     a = torch.randn(5, 10, dtype=torch.float64)
     assert torch.allclose(pearson_rows(a, 3 * a + 1), torch.ones(5, dtype=torch.float64))
@@ -123,7 +133,9 @@ def test_analyses_run_on_the_smoke_profile(tmp_path):
     summary = pd.read_csv(results / "logit_correlation" / "summary.csv")
     assert summary["paper_r"].tolist() == [0.70, 0.79, 0.88] and summary["pooled_r"].between(-1, 1).all()
     pairs = pd.read_csv(results / "error_distribution" / "pairs.csv")
-    assert len(pairs) == 5 and pairs.loc[pairs["pair"] == "vgg11 vs vgg16", "kappa_top1"].iloc[0] == 1.0  # one stand-in
+    # smoke stands one model in for VGG-11 and VGG-16, one for ResNet-50 and -152: those pairs are left out
+    assert pairs["pair"].tolist() == ["bagnet33 vs vgg16", "bagnet33 vs resnet50", "bagnet33 vs densenet169"]
+    assert (pairs["model_x"] != pairs["model_y"]).all()
     accuracy = pd.read_csv(results / "thresholding" / "accuracy.csv")
     assert set(accuracy["mode"]) == {"clip", "binarise", "none"} and len(accuracy) == 2 * 201 + 1
     table = pd.read_csv(results / "scrambling" / "table.csv")
