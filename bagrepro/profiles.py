@@ -110,6 +110,7 @@ PROFILES: dict[str, Profile] = {
             # 10 of 81 patches: the paper's share (100 of 784)
             "masking": {"num_images": 24, "steps": 10, "random_seeds": 2, "ig_steps": 100},
             "error_distribution": {"metric": "top1"},
+            "thresholding": {"metric": "top1"},
             "scrambling": {"grids": (2, 4, 8), "texture_steps": 100, "texture_images": 48,
                            "texture_note": "100 Adam steps on the demo VGG-16 stand-in (trained on the demo world, "
                                            "not ImageNet)"},

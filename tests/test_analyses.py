@@ -14,7 +14,7 @@ from bagrepro.models import create_model
 from bagrepro.scrambling import _grams, scramble_tiles, texture_layers, texturise
 from experiments.error_distribution import PAIRS, compare, distinct_pairs
 from experiments.logit_correlation import pearson_rows
-from experiments.thresholding import thresholded_scores
+from experiments.thresholding import summarize, thresholded_scores
 
 
 # ---- thresholding ---------------------------------------------------------------------------------
@@ -40,6 +40,21 @@ def test_constant_patch_logits_give_identical_accuracy_below_them():
     assert clip_hits[0] == pytest.approx(2 / 6)  # class 0 wins: the two class-0 images
     binarise_hits = top_k_hits(binarise.float(), labels, 1).mean(-1)
     assert torch.allclose(binarise_hits, torch.full_like(binarise_hits, 1 / 4))  # all tied: chance
+
+
+def test_threshold_summary_picks_the_best_threshold_in_the_chosen_metric():
+    accuracy = pd.DataFrame({
+        "mode": ["clip", "clip", "binarise", "binarise", "none"],
+        "threshold": [-1.0, 1.0, -1.0, 1.0, np.nan],
+        "top1": [60.0, 70.0, 50.0, 40.0, 80.0],
+        "top5": [99.0, 90.0, 95.0, 97.0, 100.0]})
+    for metric, best_clip, best_binarise in (("top1", 1.0, -1.0), ("top5", -1.0, 1.0)):
+        summary = summarize(accuracy, metric).set_index("mode")
+        assert (summary["metric"] == metric).all()
+        assert summary.loc["clip", "best_threshold"] == best_clip
+        assert summary.loc["binarise", "best_threshold"] == best_binarise
+        assert (summary["gap"] == summary["unmodified"] - summary["best"]).all()
+        assert summary.loc["binarise", "unmodified"] == accuracy[metric].iloc[-1]
 
 
 def test_top_k_hits_breaks_ties_at_random_in_expectation():
@@ -138,6 +153,7 @@ def test_analyses_run_on_the_smoke_profile(tmp_path):
     assert (pairs["model_x"] != pairs["model_y"]).all()
     accuracy = pd.read_csv(results / "thresholding" / "accuracy.csv")
     assert set(accuracy["mode"]) == {"clip", "binarise", "none"} and len(accuracy) == 2 * 201 + 1
+    assert (pd.read_csv(results / "thresholding" / "summary.csv")["metric"] == "top5").all()  # the paper's
     table = pd.read_csv(results / "scrambling" / "table.csv")
     assert set(zip(table["method"], table["grid"])) == {("tiles", 2), ("tiles", 4), ("tiles", 8), ("texture", 0)}
     assert table.loc[table["method"] == "texture", "note"].str.contains("not a faithful texture").all()
