@@ -181,9 +181,8 @@ def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
         else:
             raise ConfigError(f"unknown optimizer '{recipe.optimizer}' in the training recipe; use sgd or adamw")
         model.train()
-        # In a log file (not a terminal) a bar redrawn ten times a second buries everything else.
-        bar = tqdm(total=total, desc=f"train {name}", unit="batch", disable=not progress, leave=False,
-                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        # disable=None: a bar on a terminal only (design.md); a log gets the lines get_trained writes
+        bar = tqdm(total=total, desc=f"train {name}", unit="batch", disable=None if progress else True, leave=False)
         step, running_loss, running_correct, running_seen = 0, 0.0, 0, 0
         for epoch in range(recipe.epochs):
             order = torch.randperm(count, generator=generator)
@@ -303,6 +302,9 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
                                f"delete it or pass force=True") from None
         return model.eval()
     start = time.perf_counter()
+    if progress:
+        tqdm.write(f"training {name} on the demo world ({recipe.epochs} epochs; cached for later runs)",
+                   file=sys.stderr)
     model = train_model(name, world, recipe, progress=progress)
     seconds = time.perf_counter() - start
     record = {"name": name, "train_seconds": round(seconds, 2), "torch_threads": torch.get_num_threads(),
