@@ -85,8 +85,12 @@ def main(argv=None) -> int:
             limit=args.limit, classes=args.classes, device=args.device, batch_size=args.batch_size, seed=args.seed, out=args.out,
             force=args.force, quiet=args.quiet, weights_dir=args.weights_dir, figures_only=args.figures_only,
         )
+        from bagrepro import distributed
+
         start = time.perf_counter()
-        timings = run_stages(options)
+        timings = run_stages(options, log=print if distributed.is_main() else lambda line: None)
+        if not distributed.is_main():
+            return 0  # under torchrun, rank 0 reports
         print("time per stage:")
         for stage, seconds in timings.items():
             print(f"  {stage:<28} {seconds:8.1f} s")

@@ -4,7 +4,7 @@ Layout of one experiment's folder ``results/<experiment>/``:
 
 - ``<table>.csv``: long format, one row per observation; written atomically (temp file + rename);
 - ``<table>.meta.json``: provenance (resolved config, profile, seed, versions, commit, device, time);
-- ``.units/<config hash>/<unit>.csv``: finished units (one model, one shard). A unit's file is
+- ``.units/<config hash>/<unit>.csv``: finished units (one model, or one model x method). A unit's file is
   written atomically once the unit is complete, so its presence is the "done" marker; an interrupted
   run loses at most the unit in flight, and a changed config hashes to a different folder.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import distributed
 from .errors import DataError
 
 PACKAGES = ("torch", "torchvision", "captum", "numpy", "scipy", "pandas", "matplotlib")
@@ -44,13 +45,21 @@ def atomic_path(path: Path):
 
 
 def write_csv(frame: pd.DataFrame, path: Path, meta: dict | None = None) -> Path:
-    """Write ``frame`` to ``path`` atomically, and ``meta`` to ``<stem>.meta.json`` beside it."""
+    """Write ``frame`` to ``path`` atomically, and ``meta`` to ``<stem>.meta.json`` beside it.
+    Under torchrun only rank 0 writes results (the other ranks hold the same frames); a unit store
+    writes on every rank, through :func:`_write_frame`."""
     path = Path(path)
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
+    if not distributed.is_main():
+        return path
+    _write_frame(frame, path)
     if meta is not None:
         write_json(meta, meta_path(path))
     return path
+
+
+def _write_frame(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -105,10 +114,20 @@ class UnitStore:
         return self._path(unit).is_file()
 
     def save(self, unit: str, frame: pd.DataFrame) -> None:
-        write_csv(frame, self._path(unit))
+        _write_frame(frame, self._path(unit))
 
     def load(self, unit: str) -> pd.DataFrame:
         return pd.read_csv(self._path(unit))
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_unit_frames(store: UnitStore, units: list[str]) -> dict[str, pd.DataFrame]:
+    """Every unit's frame, by name; a unit that is not there is a DataError naming it (under
+    torchrun: a rank stopped before it saved its units)."""
+    missing = [unit for unit in units if not store.done(unit)]
+    if missing:
+        raise DataError(f"unit '{missing[0]}' is missing from {store.folder} ({len(missing)} of {len(units)} "
+                        f"units); a process stopped before saving it: run the same command again")
+    return {unit: store.load(unit) for unit in units}

@@ -4,7 +4,9 @@ An experiment module in ``experiments/`` defines ``EXPERIMENT = Experiment(...)`
 ``run(ctx)`` (compute; write CSVs under ``ctx.results_dir(name)``) and ``make_figures(results_dir,
 figures_dir)`` (read CSVs only; write figures). Modules are discovered by importing the
 ``experiments`` package's modules; ``rank`` orders them (an experiment that reuses another's CSV
-ranks after it).
+ranks after it). An experiment that computes its units through ``ctx.map_units`` can declare
+``shardable=True``: under torchrun its units are then dealt to all processes (see
+:mod:`bagrepro.distributed`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .cache import config_hash
 from .data.imagenet import image_folder, load_imagenet_val
 from .data.imagesets import FileImageSet, smoke_images
@@ -28,7 +31,7 @@ from .models import create_model, get_spec, resolve_model_names
 from .models.fast import fuse_bagnet
 from .profiles import Profile, get_profile
 from .report import build_report
-from .results import UnitStore, git_commit, package_versions
+from .results import UnitStore, git_commit, package_versions, read_unit_frames
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +50,9 @@ class Experiment:
     rank: int = 100
     question: str = ""
     report_table: Callable[[Path], "object"] | None = None
+    #: under torchrun, its units are dealt to all ranks (it must compute them through
+    #: ``ctx.map_units``); an experiment that is not shardable runs on rank 0 alone
+    shardable: bool = False
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -123,13 +129,18 @@ class RunContext:
         if not self.model_names:
             raise ConfigError(f"profile '{self.profile.name}' has no default models; name them with --models")
         self.device = resolve_device(options.device)
+        if self.device.type == "cuda" and distributed.is_distributed():  # torchrun: one GPU per process
+            self.device = torch.device("cuda", distributed.local_rank())
+            torch.cuda.set_device(self.device)
         self.seed = options.seed
         self.batch_size = options.batch_size or self.profile.batch_size
         self.force = options.force
-        self.quiet = options.quiet
+        self.quiet = options.quiet or not distributed.is_main()  # under torchrun, rank 0 speaks
         self._models: dict[str, torch.nn.Module] = {}
         self._images = None
         self._forced: set[Path] = set()
+        #: True while a shardable experiment runs under torchrun: units are dealt to the ranks
+        self.sharded = False
 
     # ---- places -------------------------------------------------------------------------------
     def results_dir(self, experiment: str) -> Path:
@@ -143,9 +154,35 @@ class RunContext:
         key = config_hash(self.run_config(), config or {})
         store = UnitStore(self.results_dir(experiment) / ".units" / key)
         if self.force and store.folder not in self._forced:  # --force: recompute once per run, then reuse
-            store.clear()
+            if distributed.is_main() or not self.sharded:
+                store.clear()
+            if self.sharded:  # no rank computes a unit before rank 0 has cleared the old ones
+                distributed.barrier()
             self._forced.add(store.folder)
         return store
+
+    def map_units(self, store: UnitStore, units: list[str], compute: Callable[[str], "object"]) -> dict:
+        """Each unit's frame, from ``store`` or ``compute(unit)`` (then saved: it is done).
+
+        One process computes every missing unit in turn. Under torchrun, in a shardable experiment,
+        unit i is computed by rank i mod world size, all ranks wait for each other, and then every
+        rank reads every unit: the same frames as one process would have. Every rank must call this
+        with the same units in the same order."""
+        for index, unit in enumerate(units):
+            if (not self.sharded or distributed.owns(index)) and not store.done(unit):
+                store.save(unit, compute(unit))
+        if self.sharded:
+            distributed.barrier()
+        return read_unit_frames(store, units)
+
+    def main_first(self, make: Callable[[], "object"]):
+        """Call ``make`` (which caches what it makes) on rank 0 first while the other ranks of a
+        sharded experiment wait, then on every rank (reading the cache); a plain call otherwise."""
+        if self.sharded:
+            if distributed.is_main():
+                make()
+            distributed.barrier()
+        return make()
 
     def run_config(self) -> dict:
         """What determines results: profile, data, limit, seed (not models: units are per model)."""
@@ -192,7 +229,7 @@ class RunContext:
         """The model as built (eager, eval mode, on the run's device), loaded once per run."""
         if name not in self._models:
             model = create_model(name, pretrained=self.profile.pretrained, weights_dir=self.options.weights_dir,
-                                 progress=not self.quiet, force=self.force)
+                                 progress=not self.quiet, force=self.force, init_seed=self.seed)
             classes = len(self.images().classes)
             if model.zoo_spec.num_classes != classes:
                 raise ConfigError(f"model '{name}' has {model.zoo_spec.num_classes} classes but the data has "
@@ -231,6 +268,7 @@ class RunContext:
             "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
                                           if self.device.type == "cuda" else ""),
             "torch_threads": torch.get_num_threads(),
+            "world_size": distributed.world_size(),
             "packages": package_versions(),
             "commit": git_commit(),
             "wall_time_s": round(wall_time_s, 3),
@@ -245,12 +283,19 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
     timings: dict[str, float] = {}
     if not options.figures_only:
         ctx = RunContext(options)
+        distributed.initialise(ctx.device)
         torch.manual_seed(options.seed)
         for experiment in experiments:
+            if not (distributed.is_main() or experiment.shardable):
+                continue  # rank 0 runs it alone; this rank goes on to the next shardable one
             start = time.perf_counter()
             log(f"[{experiment.name}] {experiment.title} ({experiment.paper_ref})")
+            ctx.sharded = experiment.shardable and distributed.is_distributed()
             experiment.run(ctx)
+            ctx.sharded = False
             timings[experiment.name] = time.perf_counter() - start
+    if not distributed.is_main():
+        return timings  # rank 0 makes the figures and the report
     for experiment in experiments:
         start = time.perf_counter()
         results = Path(options.out) / "results" / experiment.name

@@ -127,7 +127,7 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="accuracy", title="top-1 / top-5 accuracy per model", paper_ref="Fig. 1B",
-    run=run, make_figures=make_figures, rank=10, report_table=report_table,
+    run=run, make_figures=make_figures, rank=10, report_table=report_table, shardable=True,
     question="How accurate are bag-of-local-features models compared with deep networks on the same images?",
 )
 
@@ -135,13 +135,11 @@ EXPERIMENT = Experiment(
 def predictions_for(ctx: RunContext, names: list[str]) -> pd.DataFrame:
     """Per-image predictions of ``names``, reusing the accuracy experiment's finished units (the same
     store a plain ``--experiment accuracy`` run fills) and computing only what is missing."""
-    store = ctx.units("accuracy")
-    frames = []
-    for name in names:
-        if not store.done(name):
-            frame = predict(ctx.inference_model(name), ctx.images(), ctx, name)
-            frame.insert(0, "model", name)
-            frame.insert(1, "role", ctx.profile.role_of(name))
-            store.save(name, frame)
-        frames.append(store.load(name))
-    return pd.concat(frames, ignore_index=True)
+    def compute(name: str) -> pd.DataFrame:
+        frame = predict(ctx.inference_model(name), ctx.images(), ctx, name)
+        frame.insert(0, "model", name)
+        frame.insert(1, "role", ctx.profile.role_of(name))
+        return frame
+
+    frames = ctx.map_units(ctx.units("accuracy"), list(names), compute)
+    return pd.concat(frames.values(), ignore_index=True)

@@ -79,17 +79,16 @@ def correlations(terms: pd.DataFrame) -> pd.DataFrame:
 def run(ctx: RunContext) -> None:
     start = time.perf_counter()
     settings = _settings(ctx)
-    store = ctx.units("interactions", settings)
-    frames = []
-    for name in ctx.model_names:
-        if not store.done(name):
-            frame = model_terms(ctx, name, settings)
-            frame.insert(0, "model", name)
-            frame.insert(1, "role", ctx.profile.role_of(name))
-            frame.insert(2, "receptive_field", ctx.model(name).zoo_spec.receptive_field)
-            store.save(name, frame)
-        frames.append(store.load(name))
-    terms = pd.concat(frames, ignore_index=True)
+
+    def compute(name: str) -> pd.DataFrame:
+        frame = model_terms(ctx, name, settings)
+        frame.insert(0, "model", name)
+        frame.insert(1, "role", ctx.profile.role_of(name))
+        frame.insert(2, "receptive_field", ctx.model(name).zoo_spec.receptive_field)
+        return frame
+
+    frames = ctx.map_units(ctx.units("interactions", settings), ctx.model_names, compute)
+    terms = pd.concat(frames.values(), ignore_index=True)
     meta = ctx.provenance("interactions", time.perf_counter() - start, {"settings": settings})
     out = ctx.results_dir("interactions")
     write_csv(terms, out / "terms.csv", meta)
@@ -137,6 +136,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="interactions", title="non-linear interactions between image parts (eq. 1)", paper_ref="Fig. 6",
-    run=run, make_figures=make_figures, rank=40, report_table=report_table,
+    run=run, make_figures=make_figures, rank=40, report_table=report_table, shardable=True,
     question="Does masking several separated parts change the logit by the sum of the single-part changes?",
 )

@@ -50,22 +50,23 @@ def run(ctx: RunContext) -> None:
     start = time.perf_counter()
     count = min(ctx.profile.setting("logit_correlation", "num_images", len(ctx.images())), len(ctx.images()))
     reference = ctx.role(REFERENCE_ROLE)
+    roles = {ctx.role(role): role for role in BAGNET_ROLES}
+    reference_cache = {}
+
+    def compute(name: str) -> pd.DataFrame:
+        if not reference_cache:  # once per process, and only if it has a unit to compute
+            reference_cache["logits"], reference_cache["ids"] = all_logits(ctx, reference, count)
+        reference_logits = reference_cache["logits"]
+        logits, _ = all_logits(ctx, name, count)
+        pooled = pearson_rows(logits.reshape(1, -1), reference_logits.reshape(1, -1))[0].item()
+        return pd.DataFrame({
+            "model": name, "role": roles[name], "reference": reference, "image_id": reference_cache["ids"],
+            "pearson_r": pearson_rows(logits, reference_logits).numpy(), "pooled_r": pooled,
+        })
+
     store = ctx.units("logit_correlation", {"count": count, "reference": reference})
-    reference_logits = None
-    frames = []
-    for role in BAGNET_ROLES:
-        name = ctx.role(role)
-        if not store.done(name):
-            if reference_logits is None:
-                reference_logits, ids = all_logits(ctx, reference, count)
-            logits, _ = all_logits(ctx, name, count)
-            pooled = pearson_rows(logits.reshape(1, -1), reference_logits.reshape(1, -1))[0].item()
-            store.save(name, pd.DataFrame({
-                "model": name, "role": role, "reference": reference, "image_id": ids,
-                "pearson_r": pearson_rows(logits, reference_logits).numpy(), "pooled_r": pooled,
-            }))
-        frames.append(store.load(name))
-    per_image = pd.concat(frames, ignore_index=True)
+    frames = ctx.map_units(store, list(roles), compute)
+    per_image = pd.concat(frames.values(), ignore_index=True)
     summary = (per_image.groupby(["model", "role", "reference"], sort=False)
                .agg(n_images=("image_id", "size"), pooled_r=("pooled_r", "first"),
                     mean_per_image_r=("pearson_r", "mean")).reset_index())
@@ -100,6 +101,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="logit_correlation", title="correlation of BagNet and VGG-16 logits", paper_ref="Fig. 1C",
-    run=run, make_figures=make_figures, rank=50, report_table=report_table,
+    run=run, make_figures=make_figures, rank=50, report_table=report_table, shardable=True,
     question="How linearly do BagNet logits follow a deep network's logits on the same images?",
 )

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import attribution, paper
+from bagrepro import attribution, distributed, paper
 from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
@@ -128,21 +128,24 @@ def run(ctx: RunContext) -> None:
     settings = _settings(ctx)
     store = ctx.units("masking", settings)
     tested = list(dict.fromkeys(ctx.role(role) for role in settings["tested_roles"]))
-    frames, examples = [], {}
-    for name in tested:
-        for method, seed in methods(settings):
-            unit = f"{name}__{method}__{seed}"
-            examples_path = store.folder / f"{unit}.examples.npz"
-            if not store.done(unit):
-                unit_examples: dict[str, np.ndarray] = {}
-                frame = unit_curves(ctx, name, method, seed, settings, unit_examples)
-                frame.insert(0, "model", name)
-                frame.insert(1, "role", ctx.profile.role_of(name))
-                _save_npz(unit_examples, examples_path)  # before the unit's CSV, which marks it done
-                store.save(unit, frame)
-            frames.append(store.load(unit))
-            examples.update(np.load(examples_path))
-    curves = pd.concat(frames, ignore_index=True)
+    units = {f"{name}__{method}__{seed}": (name, method, seed) for name in tested for method, seed in methods(settings)}
+
+    def compute(unit: str) -> pd.DataFrame:
+        name, method, seed = units[unit]
+        unit_examples: dict[str, np.ndarray] = {}
+        frame = unit_curves(ctx, name, method, seed, settings, unit_examples)
+        frame.insert(0, "model", name)
+        frame.insert(1, "role", ctx.profile.role_of(name))
+        _save_npz(unit_examples, store.folder / f"{unit}.examples.npz")  # before the unit's CSV: it marks done
+        return frame
+
+    frames = ctx.map_units(store, list(units), compute)
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 writes the results
+    examples = {}
+    for unit in units:
+        examples.update(np.load(store.folder / f"{unit}.examples.npz"))
+    curves = pd.concat(frames.values(), ignore_index=True)
     out = ctx.results_dir("masking")
     meta = ctx.provenance("masking", time.perf_counter() - start, {"settings": settings})
     write_csv(curves, out / "curves.csv", meta)
@@ -207,7 +210,7 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="masking", title="spatial sensitivity: masking patches in heatmap order", paper_ref="Fig. 8, Table 1",
-    run=run, make_figures=make_figures, rank=30, report_table=report_table,
+    run=run, make_figures=make_figures, rank=30, report_table=report_table, shardable=True,
     question="Do black-box BagNet heatmaps find the patches a deep network depends on better than its own "
              "white-box attributions?",
 )

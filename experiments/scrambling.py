@@ -86,13 +86,9 @@ def run(ctx: RunContext) -> None:
     start = time.perf_counter()
     settings = _settings(ctx)
     store = ctx.units("scrambling", settings)
-    texture_set = textures(ctx, settings, store)
-    frames = []
-    for name in ctx.model_names:
-        if not store.done(name):
-            store.save(name, model_rows(ctx, name, settings, texture_set).assign(
-                model=name, role=ctx.profile.role_of(name)))
-        frames.append(store.load(name))
+    texture_set = ctx.main_first(lambda: textures(ctx, settings, store))
+    frames = ctx.map_units(store, ctx.model_names, lambda name: model_rows(ctx, name, settings, texture_set).assign(
+        model=name, role=ctx.profile.role_of(name))).values()
     clean = predictions_for(ctx, ctx.model_names).assign(method="clean", grid=0)
     columns = ["model", "role", "image_id", "method", "grid", "correct_top1", "correct_top5"]
     predictions = pd.concat([clean[columns], *[f[columns] for f in frames]], ignore_index=True)
@@ -191,6 +187,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="scrambling", title="accuracy on tile-scrambled and texturised images", paper_ref="Fig. 5",
-    run=run, make_figures=make_figures, rank=55, report_table=report_table,
+    run=run, make_figures=make_figures, rank=55, report_table=report_table, shardable=True,
     question="How much do models lose when the global arrangement is destroyed but local content kept?",
 )

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bagrepro import distributed
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.patches import RunningTopK, crop_patches, patch_records
@@ -65,27 +66,31 @@ def run(ctx: RunContext) -> None:
     k = ctx.profile.setting("top_patches", "k", 7)
     store = ctx.units("top_patches", {"classes": classes, "k": k})
     images = ctx.images()
+    roles = {ctx.role(role): role for role in BAGNET_ROLES}
+
+    def compute(name: str) -> pd.DataFrame:
+        top = stream_top_patches(ctx, name, classes, k)
+        found = top.values > -torch.inf
+        records = top.records[found]  # [n, 3]
+        rows = [(c, g, r) for c in classes for g in GROUPS for r in range(k)]
+        kept = [row for row, ok in zip(rows, found.flatten().tolist()) if ok]
+        frame = pd.DataFrame(kept, columns=["class", "group", "rank"])
+        frame["image_index"] = records[:, 0].numpy()
+        frame["image_id"] = [images.image_ids[i] for i in frame["image_index"]]
+        frame["true_class"] = images.labels[records[:, 0]].numpy()
+        frame["row"] = records[:, 1].numpy() * BAGNET_STRIDE
+        frame["col"] = records[:, 2].numpy() * BAGNET_STRIDE
+        frame["logit"] = top.values[found].numpy()
+        frame.insert(0, "model", name)
+        frame.insert(1, "role", roles[name])
+        return frame
+
+    units = ctx.map_units(store, list(roles), compute)
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 writes the results
     frames, crops = [], {}
-    for role in BAGNET_ROLES:
-        name = ctx.role(role)
-        q = ctx.model(name).zoo_spec.receptive_field
-        if not store.done(name):
-            top = stream_top_patches(ctx, name, classes, k)
-            found = top.values > -torch.inf
-            records = top.records[found]  # [n, 3]
-            rows = [(c, g, r) for c in classes for g in GROUPS for r in range(k)]
-            kept = [row for row, ok in zip(rows, found.flatten().tolist()) if ok]
-            frame = pd.DataFrame(kept, columns=["class", "group", "rank"])
-            frame["image_index"] = records[:, 0].numpy()
-            frame["image_id"] = [images.image_ids[i] for i in frame["image_index"]]
-            frame["true_class"] = images.labels[records[:, 0]].numpy()
-            frame["row"] = records[:, 1].numpy() * BAGNET_STRIDE
-            frame["col"] = records[:, 2].numpy() * BAGNET_STRIDE
-            frame["logit"] = top.values[found].numpy()
-            frame.insert(0, "model", name)
-            frame.insert(1, "role", role)
-            store.save(name, frame)
-        frame = store.load(name)
+    for name, frame in units.items():
+        role, q = roles[name], ctx.model(name).zoo_spec.receptive_field
         frames.append(frame)
         unique = sorted(set(frame["image_index"]))
         pixels = torch.cat([b for b, _, _ in images.subset(unique).batches(ctx.batch_size)])
@@ -129,6 +134,6 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 EXPERIMENT = Experiment(
     name="top_patches", title="most informative patches per class", paper_ref="Fig. 3",
-    run=run, make_figures=make_figures, rank=85,
+    run=run, make_figures=make_figures, rank=85, shardable=True,
     question="Which image patches carry the most evidence for a class, within and outside that class?",
 )

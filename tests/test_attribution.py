@@ -315,13 +315,15 @@ def test_all_methods_run_and_leave_the_model_alone(name):
 
 def test_batched_equals_per_image():
     torch.manual_seed(8)
-    model = randomize_batchnorm(create_model("smoke_resnet50"), seed=5).eval()
-    x = torch.randn(3, 3, 32, 32)
+    # float64: eps-LRP divides by pre-activations that can be near 0, where float32 kernels that
+    # depend on the batch size differ by more than rounding
+    model = randomize_batchnorm(create_model("smoke_resnet50"), seed=5).eval().double()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     t = torch.tensor([1, 5, 9])
     for method in METHODS:
         batched = attribute(model, x, t, method, ig_steps=6)
         single = torch.cat([attribute(model, x[i:i + 1], t[i:i + 1], method, ig_steps=6) for i in range(3)])
-        assert rel_err(batched, single) < 1e-4, method  # float32, batch-size-dependent kernels
+        assert rel_err(batched, single) < 1e-9, method
 
 
 def test_train_mode_model_is_attributed_in_eval_mode_and_stays_in_train_mode():

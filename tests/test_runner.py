@@ -56,9 +56,25 @@ def test_user_model_file_registers_with_one_call(tmp_path):
         assert register_models_from_file(source) == ["user_linear_test"]
         model = create_model("user_linear_test")
         assert model(torch.rand(2, 3, 8, 8)).shape == (2, 10)
-        assert not model.training and model.weights_source == "random init"
+        assert not model.training and model.weights_source.startswith("random init")
     finally:
         registry.unregister_model("user_linear_test")
+
+
+def test_random_weights_depend_on_name_and_seed_only():
+    torch.manual_seed(1)
+    first = create_model("smoke_bagnet9").state_dict()
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    create_model("smoke_vgg16")  # another model built first, the global stream elsewhere
+    torch.rand(5)
+    again = create_model("smoke_bagnet9").state_dict()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    torch.manual_seed(1)
+    create_model("smoke_resnet50")
+    assert torch.equal(torch.rand(3), after)  # building a model does not move the global stream
+    other = create_model("smoke_bagnet9", init_seed=1).state_dict()
+    assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
 
 
 # ---- results I/O ----------------------------------------------------------------------------------

@@ -19,10 +19,12 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..data.transforms import IMAGENET, Preprocess
@@ -115,16 +117,22 @@ def _load_released(model: nn.Module, spec: ModelSpec, weights_dir, progress: boo
 
 
 def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
-                 progress: bool = True, force: bool = False) -> nn.Module:
+                 progress: bool = True, force: bool = False, init_seed: int = 0) -> nn.Module:
     """Build a registered model in eval mode; with ``pretrained`` load its weights (``force``:
     re-make weights that a loader makes, such as the demo zoo's training).
+
+    Random initial weights depend on ``name`` and ``init_seed`` only: the model is built under its
+    own generator state, so neither the order in which a run builds its models nor the process that
+    builds them (torchrun) changes them, and building never moves the global random stream.
 
     The returned module carries ``zoo_spec`` (its :class:`ModelSpec`) and ``weights_source`` (a
     provenance string: the weights file with its hash, or 'random init').
     """
     spec = get_spec(name)
-    model = spec.builder(num_classes=spec.num_classes)
-    source = "random init"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(f"{name}/{init_seed}".encode()))
+        model = spec.builder(num_classes=spec.num_classes)
+    source = f"random init (seed {init_seed})"
     if pretrained:
         if spec.weights_loader is not None:
             source = spec.weights_loader(model, spec, weights_dir, progress, force)
