@@ -284,6 +284,11 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
     if not options.figures_only:
         ctx = RunContext(options)
         distributed.initialise(ctx.device)
+        if distributed.is_distributed():  # rank 0 downloads or trains missing weights; the rest read caches
+            if distributed.is_main():
+                for name in ctx.model_names:
+                    ctx.model(name)
+            distributed.barrier()
         torch.manual_seed(options.seed)
         for experiment in experiments:
             if not (distributed.is_main() or experiment.shardable):

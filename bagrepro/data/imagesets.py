@@ -7,6 +7,7 @@ on disk (ImageNet, a user's ImageFolder) decoded by a DataLoader.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -47,15 +48,22 @@ class TensorImageSet:
                               None if self.masks is None else self.masks[indices], self.class_groups)
 
 
+def default_workers() -> int:
+    """Decoding processes per DataLoader: this process's share of the CPU cores (torchrun puts
+    LOCAL_WORLD_SIZE processes on a machine), at most 8, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))))
+
+
 class FileImageSet:
     """Images decoded from files by a DataLoader (workers decode while the model runs)."""
 
-    def __init__(self, dataset: ImageDataset, transform, description: str, workers: int = 2):
+    def __init__(self, dataset: ImageDataset, transform, description: str, workers: int | None = None):
         self.dataset = dataset
         self.dataset.transform = transform
         self.classes = dataset.classes
         self.description = description
-        self.workers = workers
+        self.workers = default_workers() if workers is None else workers
 
     def __len__(self) -> int:
         return len(self.dataset)
