@@ -5,6 +5,8 @@
     python run_all.py --profile smoke --experiment accuracy
     python run_all.py --profile paper --data /data/imagenet/val --experiment masking
     python run_all.py --figures-only                    # figures from existing CSVs
+    torchrun --standalone --nproc-per-node 4 run_all.py --profile paper --data DIR --device cuda
+                                                        # units dealt to 4 GPUs, same CSVs
     python run_all.py --list                            # experiments, profiles, models
 """
 

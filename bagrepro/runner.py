@@ -28,7 +28,7 @@ from .data.imagenet import image_folder, load_imagenet_val
 from .data.imagesets import FileImageSet, smoke_images
 from .errors import ConfigError
 from .models import create_model, get_spec, resolve_model_names
-from .models.fast import fuse_bagnet
+from .models.fast import fuse_for_inference
 from .profiles import Profile, get_profile
 from .report import build_report
 from .results import UnitStore, git_commit, package_versions, read_unit_frames
@@ -238,15 +238,11 @@ class RunContext:
         return self._models[name]
 
     def inference_model(self, name: str) -> torch.nn.Module:
-        """The fastest model with the same outputs: BagNets fused (BatchNorm folded), others as built."""
-        model = self.model(name)
-        if not model.zoo_spec.is_bagnet:
-            return model
+        """The fastest model with the same outputs, for forward passes (no gradients): BatchNorm
+        folded, channels-last (:func:`bagrepro.models.fast.fuse_for_inference`), made once per run."""
         key = f"{name}#fused"
         if key not in self._models:
-            fused = fuse_bagnet(model)
-            fused.zoo_spec, fused.weights_source = model.zoo_spec, model.weights_source
-            self._models[key] = fused
+            self._models[key] = fuse_for_inference(self.model(name))
         return self._models[key]
 
     # ---- output -----------------------------------------------------------------------------------

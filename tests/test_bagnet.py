@@ -21,8 +21,8 @@ from torch import nn
 
 from bagrepro.errors import DataError, WeightsError
 from bagrepro.heatmaps import dense_heatmaps, patch_logits
-from bagrepro.models.bagnet import BagNet, bagnet, reduced_bagnet
-from bagrepro.models.fast import fuse_bagnet
+from bagrepro.models.bagnet import BagNet, bagnet, randomise_batchnorm, reduced_bagnet
+from bagrepro.models.fast import fuse_bagnet, fuse_for_inference
 from bagrepro.models.weights import load_into
 
 QS = (9, 17, 33)
@@ -349,6 +349,36 @@ def test_fused_full_width_bagnet33_equals_eager():
     with torch.no_grad():
         assert_close_rel(fused(x), model(x), 1e-4, "pooled")
         assert_close_rel(fused.patch_logits(x), model.patch_logits(x), 1e-4, "patch")
+
+
+@pytest.mark.parametrize("architecture", ["vgg16_bn", "resnet18", "densenet121"])
+def test_inference_copy_of_torchvision_models_equals_eager(architecture):
+    torch.manual_seed(53)
+    model = randomise_batchnorm(getattr(torchvision.models, architecture)(num_classes=7), seed=54, calibration_size=64)
+    model.zoo_spec = "spec"  # travels with the copy
+    fused = fuse_for_inference(model)
+    count = lambda m: sum(isinstance(module, nn.BatchNorm2d) for module in m.modules())  # noqa: E731
+    assert fused is not model and fused.zoo_spec == "spec" and count(fused) < count(model)
+    if architecture != "densenet121":  # DenseNet's BatchNorms come before their convs: nothing to fold
+        assert count(fused) == 0
+    x = images((2, 3, 64, 72), 55)
+    with torch.no_grad():
+        assert_close_rel(fused(x), model(x), 1e-4, architecture)
+    assert model.training is False and count(model) > 0  # the original is untouched
+
+
+def test_inference_copy_of_an_untraceable_model_is_the_model():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.norm(self.conv(x)) if x.sum() > 0 else x  # torch.fx cannot trace this branch
+
+    model = DataDependent().eval()
+    assert fuse_for_inference(model) is model
+    assert isinstance(fuse_for_inference(small(9, seed=56, blocks=1)), BagNet)  # BagNets: fuse_bagnet
 
 
 # --------------------------------------------------------------------------------------------------

@@ -55,3 +55,28 @@ def fuse_bagnet(model: BagNet) -> BagNet:
                 block.downsample[0] = fuse_conv_bn_eval(block.downsample[0], block.downsample[1])
                 block.downsample[1] = nn.Identity()
     return fused.to(memory_format=torch.channels_last)
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """The inference copy of any model (eval mode; same outputs up to float32 rounding).
+
+    A BagNet goes through :func:`fuse_bagnet`. Another model is traced with torch.fx and each
+    Conv2d -> BatchNorm2d pair folded into one conv (torch's ``fx.experimental.optimization.fuse``,
+    which works on the torchvision VGG / ResNet / DenseNet graphs), then put in channels-last; a model
+    that torch.fx cannot trace (data-dependent control flow) is returned as it is. The copy keeps
+    the original's ``zoo_spec`` and ``weights_source``. Use it for forward passes only: attribution
+    methods need the model as built (its gradients, its ReLU modules).
+    """
+    if isinstance(model, BagNet):
+        fused = fuse_bagnet(model)
+    else:
+        from torch.fx.experimental.optimization import fuse
+
+        try:
+            fused = fuse(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
+        except Exception:  # noqa: BLE001 - untraceable user model: its eager form is the inference form
+            return model
+    for attribute in ("zoo_spec", "weights_source"):
+        if hasattr(model, attribute):
+            setattr(fused, attribute, getattr(model, attribute))
+    return fused
