@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT, help="folder for results/ and figures/ (default: the repo)")
-    parser.add_argument("--force", action="store_true", help="recompute finished units instead of reusing them")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute finished units instead of reusing them (demo profile: also retrain the demo zoo)")
     parser.add_argument("--figures-only", action="store_true", help="only make figures from existing CSVs")
     parser.add_argument("--list", action="store_true", help="list experiments, profiles and models, then exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

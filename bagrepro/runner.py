@@ -229,7 +229,8 @@ class RunContext:
         """The model as built (eager, eval mode, on the run's device), loaded once per run."""
         if name not in self._models:
             model = create_model(name, pretrained=self.profile.pretrained, weights_dir=self.options.weights_dir,
-                                 progress=not self.quiet, force=self.force, init_seed=self.seed)
+                                 progress=not self.quiet, init_seed=self.seed,
+                                 force=self.force and distributed.is_main())  # torchrun: rank 0 re-makes them
             classes = len(self.images().classes)
             if model.zoo_spec.num_classes != classes:
                 raise ConfigError(f"model '{name}' has {model.zoo_spec.num_classes} classes but the data has "
