@@ -280,6 +280,7 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
     timings: dict[str, float] = {}
     if not options.figures_only:
         ctx = RunContext(options)
+        ctx.images()  # bad data fails here, in one line, before any experiment starts
         distributed.initialise(ctx.device)
         if distributed.is_distributed():  # rank 0 downloads or trains missing weights; the rest read caches
             if distributed.is_main():
