@@ -178,7 +178,7 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         ax.set_title(model)
         ax.set_xlabel("masked 8x8 patches")
     axes[0][0].set_ylabel("probability of the leading class")
-    axes[0][-1].legend(fontsize=7)
+    fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="outside right upper", fontsize=7)  # clear of the curves
     fig.suptitle("Fig. 8: masking patches in heatmap order (mean, 95% band)", fontsize=9)
     paths = save_figure(fig, figures_dir / "fig8_masking_curves")
 
