@@ -76,6 +76,27 @@ def _provenance_html(sections: list[tuple[str, list[dict]]]) -> str:
             f"<th>wall time (s)</th></tr>{runs}</table>")
 
 
+def _scope_html(sections: list[tuple[str, list[dict]]]) -> str:
+    """What the numbers are: a warning when they do not come from the paper's setting (another
+    profile than 'paper', so the paper column is for orientation only), or when the results folder
+    mixes runs of several profiles."""
+    profiles = {name: sorted({str(meta.get("profile")) for meta in metas}) for name, metas in sections if metas}
+    if not profiles:
+        return ""
+    distinct = sorted({profile for names in profiles.values() for profile in names})
+    if len(distinct) > 1:
+        which = "; ".join(f"{name}: {' + '.join(names)}" for name, names in profiles.items())
+        return (f'<p class="scope">These results mix runs of several profiles ({html.escape(which)}): '
+                f"compare numbers within one profile only, or re-run into an empty <code>--out</code>.</p>")
+    if distinct == ["paper"]:
+        return ""
+    data = next(metas[0].get("data", "") for _, metas in sections if metas)
+    return (f'<p class="scope">Profile <em>{html.escape(distinct[0])}</em>: these numbers come from '
+            f"{html.escape(str(data))} and that profile's models, not from the ImageNet validation set with the "
+            f"released weights. The <em>paper</em> columns are there for orientation; the differences do not "
+            f"measure how well the paper reproduces (run the paper profile for that).</p>")
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -83,6 +104,7 @@ figure { margin: .5em 0; } img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 td, th { border: 1px solid #ddd; padding: .2em .5em; text-align: left; }
 .notrun { color: #a00; font-weight: bold; } .question { font-style: italic; }
+.scope { background: #fff6e0; border-left: 4px solid #e0a000; padding: .5em 1em; }
 """
 
 # Counts images that failed to decode; the browser test reads the attribute from the rendered DOM.
@@ -122,6 +144,7 @@ def build_report(out: Path, experiments) -> Path:
             f"<h1>Reproduction of Brendel &amp; Bethge (ICLR 2019): Approximating CNNs with Bag-of-local-Features models</h1>"
             f"<p>Generated {stamp} by bagrepro from the CSVs under results/. Paper values: the paper and its "
             f"reproducibility report (see each table's <em>paper</em> column).</p>"
+            + _scope_html(sections)
             + "\n".join(body)
             + f"<h2 id='provenance'>Provenance</h2>{_provenance_html(sections)}{IMAGE_CHECK}</body></html>")
     path = out / "figures" / "report.html"

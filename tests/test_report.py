@@ -3,6 +3,7 @@ and rendered in a real browser (headless Chromium) without broken images."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -85,6 +86,7 @@ def test_report_is_self_contained_and_marks_experiments_not_run(smoke_run):
         section = text.split(f'id="{name}"')[1].split("<h2")[0]
         assert "<img" in section and "Not run" not in section
     assert "Provenance" in text and "smoke_bagnet33" in text and "random init" in text
+    assert "Profile <em>smoke</em>: these numbers come from" in text and "mix runs" not in text
     # --figures-only rebuilds it from CSVs alone
     (smoke_run / "figures" / "report.html").unlink()
     assert run_all.main(["--figures-only", "--quiet", "--out", str(smoke_run)]) == 0
@@ -105,3 +107,13 @@ def test_report_renders_in_headless_chromium_without_broken_images(smoke_run, tm
     broken = re.search(r'data-broken-images="(\d+)"', dom)
     assert images and broken, "the page did not finish loading"
     assert int(images.group(1)) >= 5 and int(broken.group(1)) == 0
+
+
+def test_report_warns_when_results_mix_profiles(smoke_run, tmp_path):
+    out = tmp_path / "mixed"
+    shutil.copytree(smoke_run / "results", out / "results")
+    sidecar = out / "results" / "thresholding" / "summary.meta.json"
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "profile": "paper"}))
+    text = build_report(out, discover_experiments().values()).read_text()
+    assert "mix runs of several profiles" in text and "thresholding: paper + smoke" in text and "accuracy: smoke" in text
