@@ -73,7 +73,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         from torch.fx.experimental.optimization import fuse
 
         try:
-            fused = fuse(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
+            fused = fuse(copy.deepcopy(model).eval(), inplace=True).to(memory_format=torch.channels_last)
         except Exception:  # noqa: BLE001 - untraceable user model: its eager form is the inference form
             return model
     for attribute in ("zoo_spec", "weights_source"):
