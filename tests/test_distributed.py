@@ -19,12 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("accuracy", "masking", "scrambling", "top_patches", "error_distribution")
 
 
-def _run(prefix: list[str], out: Path) -> subprocess.CompletedProcess:
-    args = [a for name in EXPERIMENTS for a in ("--experiment", name)]
+def _run(prefix: list[str], out: Path, experiments=EXPERIMENTS, extra=()) -> subprocess.CompletedProcess:
+    args = [a for name in experiments for a in ("--experiment", name)] + list(extra)
     # one thread per process in both runs: float sums in another thread count differ in the last bit
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*prefix, str(REPO / "run_all.py"), "--profile", "smoke", "--quiet", "--out", str(out), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_torchrun_gives_the_csvs_of_one_process(tmp_path):
@@ -50,6 +50,17 @@ def test_torchrun_gives_the_csvs_of_one_process(tmp_path):
     assert meta["world_size"] == 2
     for figure in ("masking/fig8_masking_curves.png", "top_patches/fig3_top_patches.png", "report.html"):
         assert (tmp_path / "sharded" / "figures" / figure).is_file()
+
+    # --force under torchrun: rank 0 clears the old units before any rank computes new ones
+    stale = results["sharded"] / "accuracy" / "predictions.csv"
+    before = stale.read_bytes()
+    unit_files = sorted(results["sharded"].glob("accuracy/.units/*/*.csv"))
+    for unit in unit_files:  # an old unit that --force must not reuse
+        unit.write_text(unit.read_text().replace("smoke_", "stale_"))
+    forced = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+                  tmp_path / "sharded", experiments=("accuracy",), extra=("--force",))
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert stale.read_bytes() == before and all("stale_" not in unit.read_text() for unit in unit_files)
 
 
 def test_a_missing_unit_is_one_clear_error(tmp_path):
