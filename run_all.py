@@ -59,7 +59,7 @@ def list_everything() -> None:
 
     print("experiments:")
     for experiment in discover_experiments().values():
-        print(f"  {experiment.name:<20} {experiment.paper_ref:<10} {experiment.title}")
+        print(f"  {experiment.name:<20} {experiment.paper_ref:<16} {experiment.title}")
     print("profiles:")
     for profile in PROFILES.values():
         default = " (default)" if profile.name == DEFAULT_PROFILE else ""
@@ -108,4 +108,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error
+        sys.stderr.close()
+        sys.exit(0)
