@@ -144,7 +144,8 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     fig, axes = new_figure(rows, len(columns), figsize=(1.4 * len(columns), 1.4 * rows), squeeze=False)
     for r in range(rows):
         for c, key in enumerate(columns):
-            axes[r][c].imshow(np.clip(examples[key][r].transpose(1, 2, 0), 0, 1))
+            if r < len(examples[key]):  # fewer texturised images than examples: that cell stays empty
+                axes[r][c].imshow(np.clip(examples[key][r].transpose(1, 2, 0), 0, 1))
             axes[r][c].axis("off")
             if r == 0:
                 axes[r][c].set_title(key.replace("_", " "), fontsize=7)
