@@ -62,6 +62,23 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(temporary, index=False)
 
 
+def write_npz(arrays: dict, path: Path) -> Path:
+    """Write named arrays (images, heatmaps a figure needs beside its CSVs) to ``path`` as a
+    compressed .npz, atomically; like :func:`write_csv`, only rank 0 writes under torchrun."""
+    path = Path(path)
+    if distributed.is_main():
+        _write_arrays(arrays, path)
+    return path
+
+
+def _write_arrays(arrays: dict, path: Path) -> None:
+    import numpy as np
+
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+
 def write_json(data: dict, path: Path) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
@@ -118,6 +135,17 @@ class UnitStore:
 
     def load(self, unit: str) -> pd.DataFrame:
         return pd.read_csv(self._path(unit))
+
+    def save_arrays(self, unit: str, arrays: dict) -> None:
+        """Arrays that go with a unit (``<unit>.npz``); save them before the unit's frame, whose file
+        marks the unit done."""
+        _write_arrays(arrays, self._path(unit).with_suffix(".npz"))
+
+    def load_arrays(self, unit: str) -> dict:
+        import numpy as np
+
+        with np.load(self._path(unit).with_suffix(".npz")) as arrays:
+            return dict(arrays)
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

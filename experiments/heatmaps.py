@@ -23,7 +23,7 @@ import torch
 from bagrepro import attribution
 from bagrepro.heatmap_cache import cached_heatmaps
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.results import read_csv, write_csv, write_npz
 from bagrepro.runner import Experiment, RunContext
 
 BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
@@ -89,9 +89,7 @@ def run(ctx: RunContext) -> None:
         frames.append(_rows("figA2", name, role, "exact", ids, predicted, probability, maps))
     out = ctx.results_dir("heatmaps")
     for figure, content in arrays.items():
-        with atomic_path(out / f"{figure}.npz") as temporary:
-            with open(temporary, "wb") as handle:
-                np.savez_compressed(handle, **content)
+        write_npz(content, out / f"{figure}.npz")
     meta = ctx.provenance("heatmaps", time.perf_counter() - start, {"reference": reference, "ig_steps": ig_steps})
     write_csv(pd.concat(frames, ignore_index=True), out / "summary.csv", meta)
 

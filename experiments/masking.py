@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import attribution, distributed, paper
+from bagrepro import attribution, paper
 from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
 from bagrepro.report import comparison
-from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.results import read_csv, write_csv, write_npz
 from bagrepro.runner import Experiment, RunContext
 
 TESTED_ROLES = ("vgg16", "resnet50", "resnet152", "densenet169")
@@ -137,27 +137,20 @@ def run(ctx: RunContext) -> None:
         frame = unit_curves(ctx, name, method, seed, settings, unit_examples)
         frame.insert(0, "model", name)
         frame.insert(1, "role", ctx.profile.role_of(name))
-        _save_npz(unit_examples, store.folder / f"{unit}.examples.npz")  # before the unit's CSV: it marks done
+        store.save_arrays(unit, unit_examples)
         return frame
 
     frames = ctx.map_units(store, list(units), compute)
-    if not distributed.is_main():
-        return  # under torchrun, rank 0 writes the results
     examples = {}
     for unit in units:
-        examples.update(np.load(store.folder / f"{unit}.examples.npz"))
+        examples.update(store.load_arrays(unit))
     curves = pd.concat(frames.values(), ignore_index=True)
     out = ctx.results_dir("masking")
     meta = ctx.provenance("masking", time.perf_counter() - start, {"settings": settings})
     write_csv(curves, out / "curves.csv", meta)
     write_csv(table1(curves), out / "table1.csv", meta)
-    _save_npz(examples, out / "example_heatmaps.npz")
+    write_npz(examples, out / "example_heatmaps.npz")
 
-
-def _save_npz(arrays: dict, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:

@@ -25,7 +25,7 @@ from bagrepro.heatmap_cache import cached_heatmaps
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.results import read_csv, write_csv, write_npz
 from bagrepro.runner import Experiment, RunContext
 from experiments.accuracy import predictions_for
 
@@ -73,9 +73,7 @@ def run(ctx: RunContext) -> None:
                 image_rows.append({"image_id": image_id, "model": model_name, "true_class": int(labels[n]),
                                    "predicted_class": int(own[n]), "p_true": probabilities[rows[n], labels[n]].item(),
                                    "p_predicted": probabilities[rows[n], own[n]].item()})
-    with atomic_path(out / "panels.npz") as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **panels)
+    write_npz(panels, out / "panels.npz")
     meta = ctx.provenance("misclassified", time.perf_counter() - start,
                           {"both_wrong": len(both_wrong), "of_images": int(wrong.shape[0])})
     write_csv(pd.DataFrame(image_rows, columns=["image_id", "model", "true_class", "predicted_class", "p_true",

@@ -27,7 +27,7 @@ import torch
 from bagrepro import paper
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.report import comparison
-from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.results import atomic_path, read_csv, write_csv, write_npz
 from bagrepro.runner import Experiment, RunContext
 from bagrepro.scrambling import scramble_tiles, texturise
 from experiments.accuracy import predictions_for, score_batch
@@ -129,9 +129,7 @@ def _save_examples(ctx: RunContext, settings: dict, texture_set: dict, path: Pat
     arrays = {"clean": batch.numpy(), "texture": texture_set["images"][:len(batch)].numpy(), "ids": np.array(ids)}
     for grid in settings["grids"]:
         arrays[f"tiles_{grid}"] = scramble_tiles(batch, grid, ctx.seed * 1000).numpy()
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    write_npz(arrays, path)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:

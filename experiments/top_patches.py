@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import distributed
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.patches import RunningTopK, crop_patches, patch_records
 from bagrepro.plotting import new_figure, save_figure
-from bagrepro.results import atomic_path, read_csv, write_csv
+from bagrepro.results import read_csv, write_csv, write_npz
 from bagrepro.runner import Experiment, RunContext
 
 BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
@@ -86,8 +85,6 @@ def run(ctx: RunContext) -> None:
         return frame
 
     units = ctx.map_units(store, list(roles), compute)
-    if not distributed.is_main():
-        return  # under torchrun, rank 0 writes the results
     frames, crops = [], {}
     for name, frame in units.items():
         role, q = roles[name], ctx.model(name).zoo_spec.receptive_field
@@ -98,9 +95,7 @@ def run(ctx: RunContext) -> None:
         positions = torch.tensor(frame[["row", "col"]].to_numpy() // BAGNET_STRIDE)
         crops[role] = crop_patches(pixels[where], positions, q).numpy()
     out = ctx.results_dir("top_patches")
-    with atomic_path(out / "crops.npz") as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **crops)
+    write_npz(crops, out / "crops.npz")
     meta = ctx.provenance("top_patches", time.perf_counter() - start, {"classes": classes, "k": k})
     write_csv(pd.concat(frames, ignore_index=True).drop(columns="image_index"), out / "patches.csv", meta)
 
