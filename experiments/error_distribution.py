@@ -8,8 +8,7 @@ the paper, Cohen's kappa error consistency of top-1 correctness per image (Geirh
 
 Writes ``results/error_distribution/per_class.csv`` (pair, model_x, model_y, class, accuracy_x,
 accuracy_y) and ``pairs.csv`` (pair, metric, Pearson r of per-class accuracy, kappa, accuracies). The
-per-class metric is top-5 (the paper's) unless the profile says otherwise: the demo world has 12
-classes, where top-5 is 100 % for every model, so it uses top-1.
+per-class metric is the profile's ``accuracy_metric`` (top-5 as in the paper; top-1 on the demo).
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def run(ctx: RunContext) -> None:
     pairs = distinct_pairs(ctx.role, log=lambda line: None if ctx.quiet else print(line))
     names = list(dict.fromkeys(name for x, y, _ in pairs for name in (x, y)))
     predictions = predictions_for(ctx, names)
-    metric = ctx.profile.setting("error_distribution", "metric", "top5")
+    metric = ctx.profile.accuracy_metric
     class_rows, pair_rows = [], []
     for x, y, label in pairs:
         per_class, summary = compare(predictions, x, y, metric)

@@ -11,6 +11,7 @@ per BagNet plus one of the reference.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -51,17 +52,15 @@ def run(ctx: RunContext) -> None:
     count = min(ctx.profile.setting("logit_correlation", "num_images", len(ctx.images())), len(ctx.images()))
     reference = ctx.role(REFERENCE_ROLE)
     roles = {ctx.role(role): role for role in BAGNET_ROLES}
-    reference_cache = {}
+    reference_logits = functools.cache(lambda: all_logits(ctx, reference, count))  # once, only if needed
 
     def compute(name: str) -> pd.DataFrame:
-        if not reference_cache:  # once per process, and only if it has a unit to compute
-            reference_cache["logits"], reference_cache["ids"] = all_logits(ctx, reference, count)
-        reference_logits = reference_cache["logits"]
+        reference_values, ids = reference_logits()
         logits, _ = all_logits(ctx, name, count)
-        pooled = pearson_rows(logits.reshape(1, -1), reference_logits.reshape(1, -1))[0].item()
+        pooled = pearson_rows(logits.reshape(1, -1), reference_values.reshape(1, -1))[0].item()
         return pd.DataFrame({
-            "model": name, "role": roles[name], "reference": reference, "image_id": reference_cache["ids"],
-            "pearson_r": pearson_rows(logits, reference_logits).numpy(), "pooled_r": pooled,
+            "model": name, "role": roles[name], "reference": reference, "image_id": ids,
+            "pearson_r": pearson_rows(logits, reference_values).numpy(), "pooled_r": pooled,
         })
 
     store = ctx.units("logit_correlation", {"count": count, "reference": reference})
