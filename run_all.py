@@ -8,24 +8,29 @@
     torchrun --standalone --nproc-per-node 4 run_all.py --profile paper --data DIR --device cuda
                                                         # units dealt to 4 GPUs, same CSVs
     python run_all.py --list                            # experiments, profiles, models
+    python run_all.py --list --experiment masking       # an experiment's settings on a profile
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
+import bagrepro.demo  # noqa: F401  (the demo plugin registers its profile; torch-free)
 from bagrepro.errors import BagreproError
-from bagrepro.profiles import DEFAULT_PROFILE, PROFILES
+from bagrepro.profiles import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent
+#: the embedded default: offline, a generated world and a demo zoo trained on it
+DEFAULT_PROFILE = "demo"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", action="append", default=[], metavar="NAME",
+    parser.add_argument("--experiment", dest="experiments", action="append", default=[], metavar="NAME",
                         help="experiment to run (repeatable; 'all' is the default)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="zoo names or globs (default: the profile's)")
@@ -43,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true",
                         help="recompute finished units instead of reusing them (demo profile: also retrain the demo zoo)")
     parser.add_argument("--figures-only", action="store_true", help="only make figures from existing CSVs")
-    parser.add_argument("--list", action="store_true", help="list experiments, profiles and models, then exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list experiments, profiles and models (with --experiment: its settings), then exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -53,10 +59,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def list_settings(experiment_names: list[str], profile_name: str) -> None:
+    """Each named experiment's settings: field, type, the paper's default, the value on the profile."""
+    from bagrepro.profiles import get_profile
+    from bagrepro.runner import experiment_settings, select_experiments
+    from bagrepro.settings import describe
+
+    profile = get_profile(profile_name)
+    for experiment in select_experiments(experiment_names):
+        rows = describe(experiment_settings(experiment, profile))
+        print(f"{experiment.name} ({experiment.paper_ref}) on profile '{profile.name}':"
+              + ("" if rows else " no settings"))
+        for field, kind, default, value in rows:
+            changed = "" if value == default else f"   (paper: {default!r})"
+            print(f"  {field:<16} {kind:<28} {value!r}{changed}")
+
+
 def list_everything() -> None:
     from bagrepro.models import get_spec, list_models
+    from bagrepro.profiles import activate
     from bagrepro.runner import discover_experiments
 
+    for profile in PROFILES.values():
+        activate(profile)  # plugins register their models
     print("experiments:")
     for experiment in discover_experiments().values():
         print(f"  {experiment.name:<20} {experiment.paper_ref:<16} {experiment.title}")
@@ -81,13 +106,12 @@ def main(argv=None) -> int:
         for path in args.register_models:
             print(f"registered {', '.join(register_models_from_file(path))} from {path}")
         if args.list:
-            list_everything()
+            if args.experiments:
+                list_settings(args.experiments, args.profile)
+            else:
+                list_everything()
             return 0
-        options = RunOptions(
-            profile=args.profile, experiments=args.experiment, models=args.models, data=args.data,
-            limit=args.limit, classes=args.classes, device=args.device, batch_size=args.batch_size, seed=args.seed, out=args.out,
-            force=args.force, quiet=args.quiet, weights_dir=args.weights_dir, figures_only=args.figures_only,
-        )
+        options = RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)})
         from bagrepro import distributed
 
         start = time.perf_counter()

@@ -45,9 +45,23 @@ copy that shares the parameter and buffer tensors (nothing is duplicated or writ
 with every ``nn.ReLU`` made non-inplace. Copying the structure costs tens of milliseconds (DenseNet-169:
 ~50 ms), so copies are not cached: a cache could go stale if the caller reloads weights in place.
 
-:func:`unshare_relus` additionally builds (with ``torch.fx``) a copy in which every ReLU call has its
-own ``nn.ReLU`` module; captum's ``DeepLift`` runs on that copy (:func:`captum_deeplift`), which the
-tests use as an independent cross-check of the rescale rule here.
+The tests cross-check the rescale rule here against captum's ``DeepLift`` run on a ``torch.fx`` copy of
+the model in which every ReLU call has its own ``nn.ReLU`` module (``tests/attribution_crosscheck.py``:
+``unshare_relus``, ``captum_deeplift``); that code is for comparison only and not part of the library.
+
+The methods form a registry. Each is ONE function decorated with :func:`register_attribution`::
+
+    @register_attribution("my_method", passes="1 forward + 1 backward", needs=("gradients",))
+    def _my_method(net, images, targets, *, my_option: float = 0.5) -> Tensor:
+        '''What it computes, its source, and why each default.'''
+
+It is called on the working copy with the prepared tensors (grad enabled, outside inference mode),
+returns [B, 3, H, W] attributions, and declares its options as keyword-only parameters with defaults;
+:func:`attribute` then dispatches to it by name (see there for how options are passed). The registry
+keeps registration order: :func:`attribution_methods` lists every registered name, :data:`METHODS`
+(= :data:`PAPER_METHODS`) only the paper's four, in the order the experiments' CSVs use. A method uses
+captum where captum computes it as defined (``saliency``, ``integrated_gradients``) and is written out
+only where captum cannot be used (the ReLU rules above).
 
 Layouts: images [B, 3, H, W] (normalised: the model's input), targets [B] class indices, attributions
 [B, 3, H, W] float32 with respect to the model's input. Everything is batched over images.
@@ -57,9 +71,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import inspect
 import itertools
-import warnings
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +83,10 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError
 
-METHODS = ("saliency", "integrated_gradients", "eps_lrp", "deeplift")
+#: the paper's four white-box methods, in the order the experiments (and their CSVs) use
+PAPER_METHODS = ("saliency", "integrated_gradients", "eps_lrp", "deeplift")
+#: alias of :data:`PAPER_METHODS` (experiments iterate over ``attribution.METHODS``)
+METHODS = PAPER_METHODS
 
 #: default bound on the number of scaled images per Integrated-Gradients pass (rounded down to a
 #: multiple of the batch size, at least the batch size): 32 VGG-16 inputs at 224 px take roughly
@@ -77,15 +95,6 @@ DEFAULT_IG_BATCH = 32
 
 #: DeepExplain's threshold on |in - in_ref| below which DeepLIFT falls back to the midpoint gradient
 DEEPLIFT_DELTA_THRESHOLD = 1e-5
-
-#: forward/backward passes per image for each method (informational; ``n`` = ig_steps). DeepLIFT's
-#: reference pass runs once per batch (the zero baseline is shared by all images).
-PASSES_PER_IMAGE = {
-    "saliency": "1 forward + 1 backward",
-    "integrated_gradients": "n forward + n backward",
-    "eps_lrp": "1 forward + 1 backward",
-    "deeplift": "2 forward (reference + image) + 1 backward",
-}
 
 ReluRule = Callable[[Tensor], Tensor]
 
@@ -187,43 +196,6 @@ def working_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _is_relu_node(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), nn.ReLU)
-    if node.op == "call_function":
-        return node.target in _RELU_CALLS
-    if node.op == "call_method":
-        return node.target in ("relu", "relu_")
-    return False
-
-
-def unshare_relus(model: nn.Module) -> torch.fx.GraphModule:
-    """A copy of ``model`` (torch.fx graph, eval mode) in which every ReLU call is its own non-inplace
-    ``nn.ReLU`` module: a module called three times becomes three modules, ``F.relu`` becomes a module.
-
-    Parameters and buffers are shared with ``model`` (see :func:`working_copy`); outputs are identical.
-    This is what captum's module-hook methods (``DeepLift``) need. Raises ConfigError when the model
-    cannot be traced symbolically.
-    """
-    base = working_copy(model)
-    try:
-        gm = torch.fx.symbolic_trace(base)
-    except Exception as error:  # fx raises many kinds (TraceError, TypeError, ...)
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx to unshare its ReLUs: {message}") from error
-    for index, node in enumerate([n for n in gm.graph.nodes if _is_relu_node(n, gm)]):
-        name = f"unshared_relu_{index}"
-        gm.add_submodule(name, nn.ReLU(inplace=False))
-        with gm.graph.inserting_after(node):
-            replacement = gm.graph.call_module(name, (node.args[0],))
-        node.replace_all_uses_with(replacement)
-        gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm.eval()
-
-
 # ---- inputs ----------------------------------------------------------------------------------------
 
 def _prepare(images: Tensor, targets) -> tuple[Tensor, Tensor]:
@@ -250,9 +222,142 @@ def _modified_gradient(model: nn.Module, images: Tensor, targets: Tensor, rule: 
     return grad
 
 
-# ---- the four methods (on a working copy) ----------------------------------------------------------
 
+# ---- the registry ------------------------------------------------------------------------------------
+
+#: what a method can need from the model (:attr:`AttributionMethod.needs`); extend it here when a new
+#: kind of method needs something else
+NEEDS = {
+    "forward": "forward passes only (black-box: Occlusion, LIME, KernelSHAP)",
+    "gradients": "backward passes: the model is differentiable with respect to its input",
+    "conv_layer": "the activations of a convolutional layer and their gradients (Grad-CAM)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributionMethod:
+    """One registered attribution method (made by :func:`register_attribution`, read with
+    :func:`get_attribution`).
+
+    name: what :func:`attribute` and the experiments call it.
+    compute: ``compute(net, images, targets, **options) -> Tensor``; ``net`` is a :func:`working_copy`
+        in eval mode, ``images`` [B, 3, H, W] a private copy, ``targets`` [B] long; it runs with grad
+        enabled, outside inference mode, and returns [B, 3, H, W] attributions w.r.t. ``images``.
+    passes: forward/backward passes per image, human-readable (informational; ``n`` = ig_steps).
+    options: ``((name, default), ...)``: the keyword-only parameters of ``compute``, in order.
+    needs: what the method needs from the model, a tuple of :data:`NEEDS` keys:
+        ``"forward"`` (forward passes only, black-box), ``"gradients"`` (backward passes to the input),
+        ``"conv_layer"`` (a convolutional layer's activations and gradients, as Grad-CAM).
+    description: ``compute``'s docstring: what it computes, where from, and why its defaults.
+    """
+
+    name: str
+    compute: Callable[..., Tensor]
+    passes: str
+    options: tuple[tuple[str, Any], ...]
+    needs: tuple[str, ...]
+    description: str
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The options as a dict, name -> default."""
+        return dict(self.options)
+
+
+_REGISTRY: dict[str, AttributionMethod] = {}
+
+
+def _declared_options(name: str, compute: Callable) -> tuple[tuple[str, Any], ...]:
+    params = list(inspect.signature(compute).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    options = [p for p in params if p.kind is p.KEYWORD_ONLY]
+    if (len(positional) != 3 or len(positional) + len(options) != len(params)
+            or any(p.default is p.empty for p in options)):
+        raise ConfigError(f"attribution method {name!r}: the signature must be (net, images, targets, *, "
+                          f"option=default, ...), got {compute.__name__}{inspect.signature(compute)}")
+    return tuple((p.name, p.default) for p in options)
+
+
+def register_attribution(name: str, *, passes: str, needs: tuple[str, ...] = ("gradients",)
+                         ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: register the decorated function as attribution method ``name`` (it is returned
+    unchanged, so it stays callable directly).
+
+    The function's options are its keyword-only parameters with their defaults; its docstring (required)
+    is the method's description. Raises ConfigError for a name already registered, a ``needs`` entry
+    that is not a :data:`NEEDS` key, a missing docstring or another signature than
+    ``(net, images, targets, *, option=default, ...)``.
+    """
+    needs = tuple(needs)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"an attribution method needs a non-empty name, got {name!r}")
+    unknown_needs = [need for need in needs if need not in NEEDS]
+    if not needs or unknown_needs:
+        raise ConfigError(f"attribution method {name!r}: needs {needs} must be one or more of {', '.join(NEEDS)}")
+
+    def decorator(compute: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in _REGISTRY:
+            raise ConfigError(f"attribution method {name!r} is already registered "
+                              f"(by {_REGISTRY[name].compute.__qualname__})")
+        description = inspect.getdoc(compute)
+        if not description:
+            raise ConfigError(f"attribution method {name!r}: document it (and its defaults) in a docstring")
+        _REGISTRY[name] = AttributionMethod(name=name, compute=compute, passes=passes,
+                                            options=_declared_options(name, compute), needs=needs,
+                                            description=description)
+        return compute
+
+    return decorator
+
+
+def unregister_attribution(name: str) -> AttributionMethod:
+    """Remove method ``name`` from the registry and return it (for tests); ConfigError if unknown."""
+    method = get_attribution(name)
+    del _REGISTRY[name]
+    return method
+
+
+def attribution_methods() -> tuple[str, ...]:
+    """The names of every registered method, in registration order (the paper's four first)."""
+    return tuple(_REGISTRY)
+
+
+def get_attribution(name: str) -> AttributionMethod:
+    """The registered method ``name``; ConfigError naming the valid ones when it is unknown."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown attribution method {name!r}; choose from "
+                          f"{', '.join(attribution_methods())}") from None
+
+
+def _options_for(method: AttributionMethod, options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``method`` declares; the others are dropped if some registered method declares
+    them, else ConfigError (a typo)."""
+    declared = method.defaults
+    known = {option for registered in _REGISTRY.values() for option, _ in registered.options}
+    unknown = sorted(option for option in options if option not in known)
+    if unknown:
+        raise ConfigError(f"unknown attribution option(s) {', '.join(unknown)}; the registered methods "
+                          f"accept {', '.join(sorted(known)) or 'none'}")
+    return {option: value for option, value in options.items() if option in declared}
+
+
+def _run(model: nn.Module, images: Tensor, targets, compute: Callable[..., Tensor], options: dict[str, Any]) -> Tensor:
+    net = working_copy(model)
+    # inference_mode(False): the clones in _prepare are normal tensors even under inference mode
+    with torch.inference_mode(False), torch.enable_grad():
+        images, targets = _prepare(images, targets)
+        result = compute(net, images, targets, **options)
+    return result.detach().float()
+
+
+# ---- the paper's four methods (DeepExplain's definitions; see the module docstring) -------------------
+
+@register_attribution("saliency", passes="1 forward + 1 backward", needs=("gradients",))
 def _saliency(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """Saliency map (Simonyan et al. 2014): |d logit_t / d x| for every input element (each colour
+    channel separately, as DeepExplain's ``saliency``). No options. captum ``Saliency(abs=True)``."""
     from captum.attr import Saliency
 
     return Saliency(net).attribute(images.requires_grad_(True), target=targets, abs=True)
@@ -269,24 +374,44 @@ def ig_internal_batch_size(batch: int, steps: int, internal_batch_size: int | No
     return steps_per_pass * batch
 
 
-def _integrated_gradients(net: nn.Module, images: Tensor, targets: Tensor, steps: int,
-                          internal_batch_size: int | None) -> Tensor:
+@register_attribution("integrated_gradients", passes="n forward + n backward", needs=("gradients",))
+def _integrated_gradients(net: nn.Module, images: Tensor, targets: Tensor, *, ig_steps: int = 100,
+                          internal_batch_size: int | None = None) -> Tensor:
+    """Integrated Gradients (Sundararajan et al. 2017), zero baseline: x * mean_k grad(k/n * x),
+    k = 1..n (right Riemann sum, DeepExplain's alphas 1/n .. 1). captum
+    ``IntegratedGradients(multiply_by_inputs=True)`` with ``method='riemann_right'``.
+
+    Options: ``ig_steps`` = n = 100, DeepExplain's default ``steps`` (the paper kept DeepExplain's
+    defaults; Sundararajan et al. report 20-300 steps as enough); ``internal_batch_size`` = None, i.e.
+    :data:`DEFAULT_IG_BATCH` scaled images per pass (see :func:`ig_internal_batch_size`; it bounds
+    memory and does not change the definition).
+    """
     from captum.attr import IntegratedGradients
 
-    if steps < 1:
-        raise ConfigError(f"ig_steps must be at least 1, got {steps}")
+    if ig_steps < 2:  # captum's Riemann sums assert n > 1
+        raise ConfigError(f"ig_steps must be at least 2, got {ig_steps}")
     return IntegratedGradients(net, multiply_by_inputs=True).attribute(
-        images.requires_grad_(True), baselines=torch.zeros_like(images), target=targets, n_steps=steps, method="riemann_right",
-        internal_batch_size=ig_internal_batch_size(images.shape[0], steps, internal_batch_size))
+        images.requires_grad_(True), baselines=torch.zeros_like(images), target=targets, n_steps=ig_steps,
+        method="riemann_right", internal_batch_size=ig_internal_batch_size(images.shape[0], ig_steps, internal_batch_size))
 
 
-def _eps_lrp(net: nn.Module, images: Tensor, targets: Tensor, eps: float) -> Tensor:
+@register_attribution("eps_lrp", passes="1 forward + 1 backward", needs=("gradients",))
+def _eps_lrp(net: nn.Module, images: Tensor, targets: Tensor, *, eps: float = 1e-4) -> Tensor:
+    """epsilon-LRP (Bach et al. 2015) in DeepExplain's gradient form (Ancona et al. 2018): gradient x
+    input where every ReLU's gradient is ``relu(x) / (x + eps * sign(x))``, sign(0) = +1, through the
+    ReLU override (captum's ``LRP`` cannot handle reused or functional ReLUs; module docstring).
+
+    Options: ``eps`` = 1e-4, DeepExplain's default ``epsilon``. Models calling sigmoid/tanh/elu/softplus
+    are refused (ConfigError).
+    """
     return _modified_gradient(net, images, targets, epsilon_rule(eps)) * images
 
 
-def _deeplift(net: nn.Module, images: Tensor, targets: Tensor, baselines: Tensor | None) -> Tensor:
+def _deeplift_with_baselines(net: nn.Module, images: Tensor, targets: Tensor, baselines: Tensor | None) -> Tensor:
     if baselines is None:  # the zero baseline is shared: one reference pass of a single image
         baselines = torch.zeros_like(images[:1])
+    else:  # never the caller's tensor, and a normal tensor even when it was made under inference mode
+        baselines = baselines.detach().clone()
     baselines = baselines.to(images).detach()
     if baselines.shape[0] not in (1, images.shape[0]) or baselines.shape[1:] != images.shape[1:]:
         raise ConfigError(f"baselines of shape {tuple(baselines.shape)} do not fit images {tuple(images.shape)}")
@@ -318,35 +443,40 @@ def _deeplift(net: nn.Module, images: Tensor, targets: Tensor, baselines: Tensor
     return grad * (images - baselines)
 
 
+@register_attribution("deeplift", passes="2 forward (reference + image) + 1 backward", needs=("gradients",))
+def _deeplift(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """DeepLIFT (Shrikumar et al. 2017), rescale rule, zero baseline (DeepExplain's default), through
+    the ReLU override: every ReLU's gradient becomes ``(out - out_ref) / (in - in_ref)``, or the ReLU's
+    gradient at the midpoint where ``|in - in_ref| <= 1e-5`` (:data:`DEEPLIFT_DELTA_THRESHOLD`);
+    attribution = that gradient x (x - 0). The zero reference's forward runs once per batch. No
+    options (another baseline: :func:`deeplift_rescale`). Models calling sigmoid/tanh/elu/softplus are
+    refused (ConfigError).
+    """
+    return _deeplift_with_baselines(net, images, targets, None)
+
+
 # ---- public entry points -----------------------------------------------------------------------------
 
-def attribute(model: nn.Module, images: Tensor, targets, method: str, *, ig_steps: int = 100,
-              internal_batch_size: int | None = None, eps: float = 1e-4) -> Tensor:
-    """White-box attributions of ``model`` for one class per image.
+def attribute(model: nn.Module, images: Tensor, targets, method: str, **options) -> Tensor:
+    """White-box attributions of ``model`` for one class per image, by registered method ``method``.
 
     images [B, 3, H, W] (already normalised: the model's input), targets [B] class indices (an int
     applies to every image) -> attributions [B, 3, H, W] float32 with respect to the model's input.
     The model runs in eval mode on a :func:`working_copy`; the caller's model and tensors are not
     modified, and this works under ``torch.no_grad()`` too.
 
-    method: one of :data:`METHODS`; ``ig_steps`` and ``internal_batch_size`` apply to
-    ``integrated_gradients`` (see :func:`ig_internal_batch_size`), ``eps`` to ``eps_lrp``.
+    method: a name from :func:`attribution_methods` (the paper's: :data:`METHODS`); unknown ->
+    ConfigError listing the valid ones.
+
+    options: keyword options; each method gets exactly the ones it declares (:attr:`AttributionMethod.options`,
+    e.g. ``ig_steps=100, internal_batch_size=None`` for ``integrated_gradients``, ``eps=1e-4`` for
+    ``eps_lrp``), undeclared ones keep the method's default. The rule for the others: an option that
+    this method does not declare but some other registered method does is dropped, so one set of
+    shared settings can go to every method (the experiments pass ``ig_steps`` to all four); an option
+    that no registered method declares is a typo and raises ConfigError.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
-    net = working_copy(model)
-    # inference_mode(False): the clones in _prepare are normal tensors even under inference mode
-    with torch.inference_mode(False), torch.enable_grad():
-        images, targets = _prepare(images, targets)
-        if method == "saliency":
-            result = _saliency(net, images, targets)
-        elif method == "integrated_gradients":
-            result = _integrated_gradients(net, images, targets, ig_steps, internal_batch_size)
-        elif method == "eps_lrp":
-            result = _eps_lrp(net, images, targets, eps)
-        else:
-            result = _deeplift(net, images, targets, None)
-    return result.detach().float()
+    spec = get_attribution(method)
+    return _run(model, images, targets, spec.compute, _options_for(spec, options))
 
 
 def epsilon_lrp(model: nn.Module, images: Tensor, targets, *, eps: float = 1e-4) -> Tensor:
@@ -358,26 +488,4 @@ def deeplift_rescale(model: nn.Module, images: Tensor, targets, *, baselines: Te
     """DeepExplain's DeepLIFT (rescale) through the ReLU override; ``baselines`` [1 or B, 3, H, W]
     (default: zero). Sum of attributions = logit(x) - logit(baseline) when every non-linearity is a
     ReLU (max-pool keeps its gradient: exact only where the reference is constant in each window)."""
-    net = working_copy(model)
-    with torch.inference_mode(False), torch.enable_grad():
-        images, targets = _prepare(images, targets)
-        base = None if baselines is None else baselines.detach().clone()
-        return _deeplift(net, images, targets, base).detach().float()
-
-
-def captum_deeplift(model: nn.Module, images: Tensor, targets) -> Tensor:
-    """captum's ``DeepLift`` (rescale, zero baseline) on :func:`unshare_relus`'s copy of ``model``.
-
-    For comparison only. It falls back to the plain gradient (at x, not the midpoint) below
-    |delta| = 1e-10, and registers a max-pool rule (without effect after a ReLU in captum 0.9; see the
-    module docstring).
-    """
-    from captum.attr import DeepLift
-
-    net = unshare_relus(model)
-    with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Setting forward, backward hooks", category=UserWarning)
-        images, targets = _prepare(images, targets)
-        result = DeepLift(net, multiply_by_inputs=True).attribute(
-            images.requires_grad_(True), baselines=torch.zeros_like(images), target=targets)
-    return result.detach().float()
+    return _run(model, images, targets, _deeplift_with_baselines, {"baselines": baselines})

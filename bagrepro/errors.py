@@ -21,3 +21,10 @@ class WeightsError(BagreproError):
 
 class DataError(BagreproError):
     """A data folder whose layout is not recognised, or an image that cannot be used."""
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space, cut to
+    ``limit`` characters (with '...') when given: how a message from a library becomes part of ours."""
+    line = " ".join(str(text).split())
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."

@@ -13,7 +13,7 @@ import torch
 
 from .cache import cache_dir, config_hash
 from .heatmaps import dense_heatmaps
-from .results import atomic_path
+from .atomic import atomic_path
 
 
 def _path(model, image_id: str, size: tuple[int, int], target: int):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import atomic_path
+from .atomic import atomic_path
 
 COMPARISON_COLUMNS = ("metric", "ours", "paper", "difference")
 

@@ -12,71 +12,41 @@ Layout of one experiment's folder ``results/<experiment>/``:
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
-import tempfile
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-from . import distributed
+from .atomic import atomic_path
 from .errors import DataError
 
 PACKAGES = ("torch", "torchvision", "captum", "numpy", "scipy", "pandas", "matplotlib")
 
 
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_csv(frame: pd.DataFrame, path: Path, meta: dict | None = None) -> Path:
     """Write ``frame`` to ``path`` atomically, and ``meta`` to ``<stem>.meta.json`` beside it.
-    Under torchrun only rank 0 writes results (the other ranks hold the same frames); a unit store
-    writes on every rank, through :func:`_write_frame`."""
+    (Pure I/O: which process writes under torchrun is the runner's decision.)"""
     path = Path(path)
-    if not distributed.is_main():
-        return path
-    _write_frame(frame, path)
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
     if meta is not None:
         write_json(meta, meta_path(path))
     return path
 
 
-def _write_frame(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
-
-
 def write_npz(arrays: dict, path: Path) -> Path:
     """Write named arrays (images, heatmaps a figure needs beside its CSVs) to ``path`` as a
-    compressed .npz, atomically; like :func:`write_csv`, only rank 0 writes under torchrun."""
-    path = Path(path)
-    if distributed.is_main():
-        _write_arrays(arrays, path)
-    return path
-
-
-def _write_arrays(arrays: dict, path: Path) -> None:
+    compressed .npz, atomically."""
     import numpy as np
 
+    path = Path(path)
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
             np.savez_compressed(handle, **arrays)
+    return path
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -131,7 +101,7 @@ class UnitStore:
         return self._path(unit).is_file()
 
     def save(self, unit: str, frame: pd.DataFrame) -> None:
-        _write_frame(frame, self._path(unit))
+        write_csv(frame, self._path(unit))
 
     def load(self, unit: str) -> pd.DataFrame:
         return pd.read_csv(self._path(unit))
@@ -139,7 +109,11 @@ class UnitStore:
     def save_arrays(self, unit: str, arrays: dict) -> None:
         """Arrays that go with a unit (``<unit>.npz``); save them before the unit's frame, whose file
         marks the unit done."""
-        _write_arrays(arrays, self._path(unit).with_suffix(".npz"))
+        write_npz(arrays, self._path(unit).with_suffix(".npz"))
+
+    def has_arrays(self, unit: str) -> bool:
+        """Whether ``<unit>.npz`` is there (arrays kept without a frame, e.g. a shared input set)."""
+        return self._path(unit).with_suffix(".npz").is_file()
 
     def load_arrays(self, unit: str) -> dict:
         import numpy as np

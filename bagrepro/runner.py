@@ -1,16 +1,20 @@
 """The runner: experiment registry, the run context every experiment receives, and the stages.
 
-An experiment module in ``experiments/`` defines ``EXPERIMENT = Experiment(...)`` with
-``run(ctx)`` (compute; write CSVs under ``ctx.results_dir(name)``) and ``make_figures(results_dir,
-figures_dir)`` (read CSVs only; write figures). Modules are discovered by importing the
-``experiments`` package's modules; ``rank`` orders them (an experiment that reuses another's CSV
-ranks after it). An experiment that computes its units through ``ctx.map_units`` can declare
-``shardable=True``: under torchrun its units are then dealt to all processes (see
-:mod:`bagrepro.distributed`).
+An experiment module in ``experiments/`` defines ``EXPERIMENT = Experiment(...)`` with ``run(ctx)``
+(compute; write its tables through ``ctx.write_csv``) and ``make_figures(results_dir, figures_dir)``
+(read CSVs only; write figures). Its ``settings`` is a frozen dataclass whose defaults are the
+paper's protocol; the runner applies the profile's overrides (checked: :mod:`bagrepro.settings`)
+and hands the result over as ``ctx.settings``. ``needs`` names experiments whose results it reuses:
+those run first when both are selected (no experiment imports another; what several share, such as
+clean predictions, is a library service, :mod:`bagrepro.predictions`). An experiment that computes
+its units through ``ctx.map_units`` can declare ``shardable=True``: under torchrun its units are
+then dealt to all processes (see :mod:`bagrepro.distributed`). The runner names and times every
+experiment, and decides which process writes (rank 0): experiments never ask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 import sys
@@ -22,16 +26,17 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, settings as settings_schema
 from .cache import config_hash
 from .data.imagenet import image_folder, load_imagenet_val
 from .data.imagesets import FileImageSet, smoke_images
 from .errors import ConfigError
 from .models import create_model, get_spec, resolve_model_names
 from .models.fast import fuse_for_inference
-from .profiles import Profile, get_profile
+from .profiles import Profile, activate, get_profile
 from .report import build_report
-from .results import UnitStore, git_commit, package_versions, read_unit_frames
+from .results import UnitStore, git_commit, package_versions, read_unit_frames, write_csv, write_npz
+from .settings import NoSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,16 +45,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Experiment:
     """One experiment of the paper. ``paper_ref`` names the figure/table it reproduces; ``question``
     says in one sentence what it tests; ``report_table(results_dir)`` returns the comparison table
-    of the report (columns ending in ``ours``, ``paper``, ``difference``; CSVs only), or None."""
+    of the report (columns ending in ``ours``, ``paper``, ``difference``; CSVs only), or None.
+    ``settings``: a frozen dataclass type whose defaults are the paper's protocol. ``needs``: names
+    of experiments whose results this one reuses (they run first when both are selected)."""
 
     name: str
     title: str
     paper_ref: str
     run: Callable[["RunContext"], None]
     make_figures: Callable[[Path, Path], list[Path]]
-    rank: int = 100
     question: str = ""
     report_table: Callable[[Path], "object"] | None = None
+    settings: type = NoSettings
+    needs: tuple[str, ...] = ()
     #: under torchrun, its units are dealt to all ranks (it must compute them through
     #: ``ctx.map_units``); an experiment that is not shardable runs on rank 0 alone
     shardable: bool = False
@@ -61,12 +69,37 @@ _EXPERIMENTS: dict[str, Experiment] = {}
 def register_experiment(experiment: Experiment) -> Experiment:
     if experiment.name in _EXPERIMENTS and _EXPERIMENTS[experiment.name] is not experiment:
         raise ConfigError(f"experiment name '{experiment.name}' is registered twice")
+    if not (dataclasses.is_dataclass(experiment.settings) and experiment.settings.__dataclass_params__.frozen):
+        raise ConfigError(f"experiment '{experiment.name}': settings must be a frozen dataclass")
     _EXPERIMENTS[experiment.name] = experiment
     return experiment
 
 
+def _in_dependency_order(experiments: dict[str, Experiment]) -> list[Experiment]:
+    """Every experiment after those it ``needs``; otherwise by name (a stable, documented order)."""
+    ordered: list[Experiment] = []
+    visiting: set[str] = set()
+
+    def visit(name: str, wanted_by: str | None) -> None:
+        if any(e.name == name for e in ordered):
+            return
+        if name not in experiments:
+            raise ConfigError(f"experiment '{wanted_by}' needs '{name}', which is not registered")
+        if name in visiting:
+            raise ConfigError(f"experiments need each other in a cycle through '{name}'")
+        visiting.add(name)
+        for need in experiments[name].needs:
+            visit(need, name)
+        visiting.discard(name)
+        ordered.append(experiments[name])
+
+    for name in sorted(experiments):
+        visit(name, None)
+    return ordered
+
+
 def discover_experiments() -> dict[str, Experiment]:
-    """Import every module of the ``experiments`` package; return the registry sorted by rank."""
+    """Import every module of the ``experiments`` package; return the registry in run order."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     package = importlib.import_module("experiments")
@@ -74,7 +107,7 @@ def discover_experiments() -> dict[str, Experiment]:
         module = importlib.import_module(f"experiments.{module_info.name}")
         if hasattr(module, "EXPERIMENT"):
             register_experiment(module.EXPERIMENT)
-    return dict(sorted(_EXPERIMENTS.items(), key=lambda item: (item[1].rank, item[0])))
+    return {e.name: e for e in _in_dependency_order(_EXPERIMENTS)}
 
 
 def select_experiments(names: list[str]) -> list[Experiment]:
@@ -85,6 +118,22 @@ def select_experiments(names: list[str]) -> list[Experiment]:
     if unknown:
         raise ConfigError(f"unknown experiment '{unknown[0]}'; experiments: {', '.join(registry)}, all")
     return [e for e in registry.values() if e.name in names]
+
+
+def experiment_settings(experiment: Experiment, profile: Profile):
+    """The experiment's settings on ``profile``: its paper defaults with the profile's overrides."""
+    return settings_schema.resolve(experiment.settings, profile.overrides(experiment.name),
+                                   f"profile '{profile.name}', experiment '{experiment.name}'")
+
+
+def check_profile(profile: Profile) -> None:
+    """Every experiment the profile sets must exist and every setting must fit (ConfigError)."""
+    registry = discover_experiments()
+    for name in profile.settings:
+        if name not in registry:
+            raise ConfigError(f"profile '{profile.name}' sets unknown experiment '{name}'; "
+                              f"experiments: {', '.join(registry)}")
+        experiment_settings(registry[name], profile)
 
 
 @dataclass
@@ -119,12 +168,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _files(ctx: "RunContext"):
+    """--data: an ImageNet validation layout (profile data 'imagenet') or any ImageFolder ('folder')."""
+    if ctx.options.data is None:
+        raise ConfigError(f"profile '{ctx.profile.name}' needs --data DIR (an image folder)")
+    preprocess = get_spec(ctx.model_names[0]).preprocess
+    loader = load_imagenet_val if ctx.profile.data == "imagenet" else image_folder
+    dataset = loader(ctx.options.data, limit=ctx.num_images, seed=ctx.seed)
+    return FileImageSet(dataset, preprocess.pil_transform(),
+                        f"{len(dataset)} images from {ctx.options.data} ({dataset.layout})")
+
+
+def _smoke(ctx: "RunContext"):
+    ctx.refuse_data()
+    return smoke_images(ctx.num_images, ctx.profile.image_size, ctx.profile.num_classes, ctx.seed)
+
+
+#: data kind of a profile -> ``load(ctx) -> image set`` (TensorImageSet or FileImageSet);
+#: a plugin adds its kind with :func:`register_image_source`
+IMAGE_SOURCES: dict[str, Callable[["RunContext"], object]] = {"imagenet": _files, "folder": _files, "smoke": _smoke}
+
+
+def register_image_source(kind: str, load: Callable[["RunContext"], object]) -> None:
+    """Let profiles whose ``data`` is ``kind`` load their images with ``load(ctx)``."""
+    if kind in IMAGE_SOURCES and IMAGE_SOURCES[kind] is not load:
+        raise ConfigError(f"image source '{kind}' is registered twice")
+    IMAGE_SOURCES[kind] = load
+
+
 class RunContext:
     """What an experiment sees: the profile, the resolved models, images, device, and result I/O."""
 
     def __init__(self, options: RunOptions):
         self.options = options
-        self.profile: Profile = get_profile(options.profile)
+        self.profile: Profile = activate(get_profile(options.profile))  # its plugin registers models, images
         self.model_names = resolve_model_names(options.models) if options.models else list(self.profile.models)
         if not self.model_names:
             raise ConfigError(f"profile '{self.profile.name}' has no default models; name them with --models")
@@ -141,18 +218,47 @@ class RunContext:
         self._forced: set[Path] = set()
         #: True while a shardable experiment runs under torchrun: units are dealt to the ranks
         self.sharded = False
+        #: the experiment being run, its resolved settings and when it started (set by the runner)
+        self.experiment: Experiment | None = None
+        self.settings = None
+        self._started = 0.0
+
+    # ---- the experiment being run ------------------------------------------------------------------
+    def begin(self, experiment: Experiment) -> None:
+        """Make ``experiment`` the current one: its settings, its clock, a fresh global random stream."""
+        self.experiment = experiment
+        self.settings = experiment_settings(experiment, self.profile)
+        self.sharded = experiment.shardable and distributed.is_distributed()
+        torch.manual_seed(self.seed)  # the same stream whichever experiments ran before
+        self._started = time.perf_counter()
+
+    def end(self) -> float:
+        """Leave the current experiment; return its wall time in seconds."""
+        seconds = time.perf_counter() - self._started
+        self.experiment, self.settings, self.sharded = None, None, False
+        return seconds
+
+    @property
+    def name(self) -> str:
+        """The current experiment's name."""
+        if self.experiment is None:
+            raise RuntimeError("no experiment is running")
+        return self.experiment.name
 
     # ---- places -------------------------------------------------------------------------------
-    def results_dir(self, experiment: str) -> Path:
-        return Path(self.options.out) / "results" / experiment
+    def results_dir(self, experiment: str | None = None) -> Path:
+        """``<out>/results/<experiment>`` (default: the current experiment)."""
+        return Path(self.options.out) / "results" / (experiment or self.name)
 
-    def figures_dir(self, experiment: str) -> Path:
-        return Path(self.options.out) / "figures" / experiment
+    def figures_dir(self, experiment: str | None = None) -> Path:
+        return Path(self.options.out) / "figures" / (experiment or self.name)
 
-    def units(self, experiment: str, config: dict | None = None) -> UnitStore:
-        """Finished-unit store for this experiment under the current run config (+ ``config``)."""
+    def units(self, config=None, owner: str | None = None) -> UnitStore:
+        """Finished-unit store under the current run config and ``config`` (what else determines the
+        units, e.g. the settings), in ``results/<owner>/.units/`` (default: the current experiment;
+        a library service names its own owner so that every experiment shares its units)."""
         key = config_hash(self.run_config(), config or {})
-        store = UnitStore(self.results_dir(experiment) / ".units" / key)
+        store = UnitStore(self.results_dir(owner) / ".units" / key)
         if self.force and store.folder not in self._forced:  # --force: recompute once per run, then reuse
             if distributed.is_main() or not self.sharded:
                 store.clear()
@@ -160,6 +266,22 @@ class RunContext:
                 distributed.barrier()
             self._forced.add(store.folder)
         return store
+
+    # ---- output of the current experiment (rank 0 writes) ------------------------------------------
+    def write_csv(self, frame, filename: str, **extra_meta) -> Path:
+        """``results/<experiment>/<filename>`` with its provenance sidecar (settings, wall time so
+        far, ``extra_meta``); under torchrun only rank 0 writes (every rank holds the same frame)."""
+        path = self.results_dir() / filename
+        if distributed.is_main():
+            write_csv(frame, path, self.provenance(extra_meta))
+        return path
+
+    def write_npz(self, arrays: dict, filename: str) -> Path:
+        """Arrays a figure needs beside the CSVs: ``results/<experiment>/<filename>``, rank 0 writes."""
+        path = self.results_dir() / filename
+        if distributed.is_main():
+            write_npz(arrays, path)
+        return path
 
     def map_units(self, store: UnitStore, units: list[str], compute: Callable[[str], "object"]) -> dict:
         """Each unit's frame, from ``store`` or ``compute(unit)`` (then saved: it is done).
@@ -194,6 +316,12 @@ class RunContext:
     def num_images(self) -> int | None:
         return self.options.limit if self.options.limit is not None else self.profile.num_images
 
+    @property
+    def image_size(self) -> int:
+        """Side in px of the run's images (the first image's width: every image of a run has one size)."""
+        images, _, _ = next(iter(self.images().subset([0]).batches(1)))
+        return int(images.shape[-1])
+
     def images(self):
         """The profile's images (cached): a TensorImageSet or FileImageSet, fixed order."""
         if self._images is None:
@@ -201,24 +329,18 @@ class RunContext:
         return self._images
 
     def _load_images(self):
-        profile = self.profile
-        if profile.data in ("imagenet", "folder"):
-            if self.options.data is None:
-                raise ConfigError(f"profile '{profile.name}' needs --data DIR (an image folder)")
-            preprocess = get_spec(self.model_names[0]).preprocess
-            loader = load_imagenet_val if profile.data == "imagenet" else image_folder
-            dataset = loader(self.options.data, limit=self.num_images, seed=self.seed)
-            return FileImageSet(dataset, preprocess.pil_transform(),
-                                f"{len(dataset)} images from {self.options.data} ({dataset.layout})")
+        try:
+            load = IMAGE_SOURCES[self.profile.data]
+        except KeyError:
+            raise ConfigError(f"profile '{self.profile.name}' has unknown data kind '{self.profile.data}'; "
+                              f"kinds: {', '.join(IMAGE_SOURCES)}") from None
+        return load(self)
+
+    def refuse_data(self) -> None:
+        """For image sources that make their own images: --data is a ConfigError."""
         if self.options.data is not None:
-            raise ConfigError(f"profile '{profile.name}' makes its own images; use --profile paper or custom with --data")
-        if profile.data == "smoke":
-            return smoke_images(self.num_images, profile.image_size, profile.num_classes, self.seed)
-        if profile.data == "demo":
-            from .data.demo import demo_test_images  # the demo world is only built when asked for
-            images = demo_test_images()
-            return images if self.num_images is None else images.subset(range(min(self.num_images, len(images))))
-        raise ConfigError(f"profile '{profile.name}' has unknown data kind '{profile.data}'")
+            raise ConfigError(f"profile '{self.profile.name}' makes its own images; use --profile paper or "
+                              f"custom with --data")
 
     # ---- models ---------------------------------------------------------------------------------
     def role(self, role: str) -> str:
@@ -250,14 +372,15 @@ class RunContext:
     def progress(self, iterable, **kwargs):
         return tqdm(iterable, disable=self.quiet or None, leave=False, dynamic_ncols=True, **kwargs)
 
-    def provenance(self, experiment: str, wall_time_s: float, extra: dict | None = None) -> dict:
-        """The sidecar of every CSV an experiment writes."""
+    def provenance(self, extra: dict | None = None) -> dict:
+        """The sidecar of every CSV the current experiment writes."""
         images = self.images()
         meta = {
-            "experiment": experiment,
+            "experiment": self.name,
             "profile": self.profile.name,
             "config": {**self.run_config(), "batch_size": self.batch_size, "models": self.model_names,
                        "weights_dir": self.options.weights_dir},
+            "settings": dataclasses.asdict(self.settings),
             "data": images.description,
             "num_images": len(images),
             "seed": self.seed,
@@ -268,7 +391,7 @@ class RunContext:
             "world_size": distributed.world_size(),
             "packages": package_versions(),
             "commit": git_commit(),
-            "wall_time_s": round(wall_time_s, 3),
+            "wall_time_s": round(time.perf_counter() - self._started, 3),
         }
         meta.update(extra or {})
         return meta
@@ -280,6 +403,7 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
     timings: dict[str, float] = {}
     if not options.figures_only:
         ctx = RunContext(options)
+        check_profile(ctx.profile)  # a misspelt setting fails here, before any work
         ctx.images()  # bad data fails here, in one line, before any experiment starts
         distributed.initialise(ctx.device)
         if distributed.is_distributed():  # rank 0 downloads or trains missing weights; the rest read caches
@@ -287,16 +411,15 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
                 for name in ctx.model_names:
                     ctx.model(name)
             distributed.barrier()
-        torch.manual_seed(options.seed)
         for experiment in experiments:
             if not (distributed.is_main() or experiment.shardable):
                 continue  # rank 0 runs it alone; this rank goes on to the next shardable one
-            start = time.perf_counter()
             log(f"[{experiment.name}] {experiment.title} ({experiment.paper_ref})")
-            ctx.sharded = experiment.shardable and distributed.is_distributed()
-            experiment.run(ctx)
-            ctx.sharded = False
-            timings[experiment.name] = time.perf_counter() - start
+            ctx.begin(experiment)
+            try:
+                experiment.run(ctx)
+            finally:
+                timings[experiment.name] = ctx.end()
     if not distributed.is_main():
         return timings  # rank 0 makes the figures and the report
     for experiment in experiments:
@@ -313,4 +436,3 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
     log(f"[report] wrote {build_report(Path(options.out), discover_experiments().values())}")
     timings["report"] = time.perf_counter() - start
     return timings
-

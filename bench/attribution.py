@@ -2,9 +2,10 @@
 
 Cases: the smoke ResNet-50 stand-in at 64 px, batch 8, and torchvision's VGG-16 (1000 classes, random
 weights) at 224 px, batch 2 (skipped with --quick). Integrated Gradients uses --ig-steps (100, as in
-the paper) with the default bounded internal batch. Passes per image: Saliency 1 forward + 1 backward,
-Integrated Gradients ig_steps of each, eps-LRP 1 + 1, DeepLIFT 2 forward (reference, image) + 1
-backward (the zero reference is shared by the batch, so its forward runs once per batch).
+the paper) with the default bounded internal batch. The paper's four methods (attribution.METHODS)
+are timed; the passes per image printed are each registered method's ``passes`` (Saliency 1 forward +
+1 backward, Integrated Gradients ig_steps of each, eps-LRP 1 + 1, DeepLIFT 2 forward (reference,
+image) + 1 backward: the zero reference is shared by the batch, so its forward runs once per batch).
 
 Each case first runs every method once untimed (IG with 2 steps) to warm up, then times one call per
 method on one fixed random batch; the time per image is that call's wall time / batch size.
@@ -26,7 +27,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from bagrepro.attribution import METHODS, PASSES_PER_IMAGE, attribute  # noqa: E402
+from bagrepro.attribution import METHODS, attribute, get_attribution  # noqa: E402
 from bagrepro.models import create_model  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def time_case(label: str, model: torch.nn.Module, size: int, batch: int, ig_step
         attribute(model, images, targets, method, ig_steps=ig_steps)
         _sync(device)
         per_image = (time.perf_counter() - start) / batch
-        passes = PASSES_PER_IMAGE[method].replace("n ", f"{ig_steps} ")
+        passes = get_attribution(method).passes.replace("n ", f"{ig_steps} ")
         print(f"  {method:<22}{passes:<46}{per_image:>10.4f}", flush=True)
 
 

@@ -21,14 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bagrepro.data.demo_world import WorldConfig, make_world, save_example_grid  # noqa: E402
-from bagrepro.models.demo_zoo import DEMO_ARCHITECTURES  # noqa: E402
-from bagrepro.training import get_trained, group_accuracies, model_path, read_training_record  # noqa: E402
+from bagrepro.demo.render import save_example_grid  # noqa: E402
+from bagrepro.demo.spec import WorldConfig  # noqa: E402
+from bagrepro.demo.store import make_world  # noqa: E402
+from bagrepro.demo.training import get_trained, group_accuracies, model_path, read_training_record  # noqa: E402
+from bagrepro.demo.zoo import DEMO_ZOO  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(DEMO_ARCHITECTURES), choices=list(DEMO_ARCHITECTURES))
+    parser.add_argument("--models", nargs="+", default=list(DEMO_ZOO), choices=list(DEMO_ZOO))
     parser.add_argument("--seed", type=int, default=0, help="world seed")
     parser.add_argument("--force", action="store_true", help="retrain even if cached")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

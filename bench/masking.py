@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from bagrepro.masking import (fill_values, grid_shape, masking_curves, patch_masks_to_pixels,  # noqa: E402
                               ranks_from_scores)
+import bagrepro.demo.plugin  # noqa: E402,F401  (registers the demo zoo)
 from bagrepro.models import create_model  # noqa: E402
 from bagrepro.models.bagnet import randomise_batchnorm  # noqa: E402
 from bagrepro.models.fast import fuse_for_inference  # noqa: E402

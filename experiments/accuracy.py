@@ -9,46 +9,17 @@ Writes ``results/accuracy/``:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.predictions import clean_predictions
 from bagrepro.report import comparison
-from bagrepro.results import read_csv, write_csv
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
-
-TOP_K = 5
-
-
-def score_batch(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
-    """One row per image of a batch in [0, 1]: true class, top-5, true-class logit and probability, hits."""
-    with torch.inference_mode():
-        logits = model(model.zoo_spec.preprocess.normalize(batch)).float().cpu()
-    k = min(TOP_K, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    frame = pd.DataFrame({"true_class": labels.numpy()})
-    for rank in range(k):
-        frame[f"pred_{rank + 1}"] = top[:, rank].numpy()
-    frame["true_logit"] = logits.gather(1, labels[:, None])[:, 0].numpy()
-    frame["true_prob"] = logits.softmax(1).gather(1, labels[:, None])[:, 0].numpy()
-    frame["correct_top1"] = (top[:, 0] == labels).numpy()
-    frame["correct_top5"] = (top == labels[:, None]).any(1).numpy()
-    return frame
-
-
-def predict(model: torch.nn.Module, images, ctx: RunContext, name: str) -> pd.DataFrame:
-    """Per-image predictions of one model: a DataFrame with one row per image."""
-    frames = []
-    for batch, labels, ids in ctx.progress(images.batches(ctx.batch_size), desc=name, unit="batch"):
-        frame = score_batch(model, batch.to(ctx.device), labels)
-        frame.insert(0, "image_id", ids)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
 
 
 def summarize(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -87,18 +58,15 @@ def per_group(predictions: pd.DataFrame, class_groups: list[str]) -> pd.DataFram
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
     images = ctx.images()
-    predictions = predictions_for(ctx, ctx.model_names)
-    out = ctx.results_dir("accuracy")
-    meta = ctx.provenance("accuracy", time.perf_counter() - start,
-                          {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)"})
-    write_csv(predictions, out / "predictions.csv", meta)
-    write_csv(summarize(predictions), out / "summary.csv", meta)
-    write_csv(per_class(predictions), out / "per_class.csv", meta)
+    predictions = clean_predictions(ctx, ctx.model_names)
+    meta = {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)"}
+    ctx.write_csv(predictions, "predictions.csv", **meta)
+    ctx.write_csv(summarize(predictions), "summary.csv", **meta)
+    ctx.write_csv(per_class(predictions), "per_class.csv", **meta)
     groups = getattr(images, "class_groups", None)
     if groups:  # the demo world: local-evidence classes against arrangement-defined ones
-        write_csv(per_group(predictions, groups), out / "per_group.csv", meta)
+        ctx.write_csv(per_group(predictions, groups), "per_group.csv", **meta)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -127,19 +95,7 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="accuracy", title="top-1 / top-5 accuracy per model", paper_ref="Fig. 1B",
-    run=run, make_figures=make_figures, rank=10, report_table=report_table, shardable=True,
+    run=run, make_figures=make_figures, report_table=report_table, shardable=True,
     question="How accurate are bag-of-local-features models compared with deep networks on the same images?",
 )
 
-
-def predictions_for(ctx: RunContext, names: list[str]) -> pd.DataFrame:
-    """Per-image predictions of ``names``, reusing the accuracy experiment's finished units (the same
-    store a plain ``--experiment accuracy`` run fills) and computing only what is missing."""
-    def compute(name: str) -> pd.DataFrame:
-        frame = predict(ctx.inference_model(name), ctx.images(), ctx, name)
-        frame.insert(0, "model", name)
-        frame.insert(1, "role", ctx.profile.role_of(name))
-        return frame
-
-    frames = ctx.map_units(ctx.units("accuracy"), list(names), compute)
-    return pd.concat(frames.values(), ignore_index=True)

@@ -13,7 +13,6 @@ per-class metric is the profile's ``accuracy_metric`` (top-5 as in the paper; to
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,10 @@ from scipy import stats
 
 from bagrepro.metrics import error_consistency
 from bagrepro.plotting import new_figure, save_figure
+from bagrepro.predictions import clean_predictions
 from bagrepro.report import comparison
-from bagrepro.results import read_csv, write_csv
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
-from experiments.accuracy import predictions_for
 
 PAIRS = (("bagnet33", "vgg16"), ("bagnet33", "resnet50"), ("bagnet33", "resnet152"),
          ("bagnet33", "densenet169"), ("vgg11", "vgg16"))
@@ -68,21 +67,18 @@ def distinct_pairs(role_to_model, log=print) -> list[tuple[str, str, str]]:
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
     pairs = distinct_pairs(ctx.role, log=lambda line: None if ctx.quiet else print(line))
     names = list(dict.fromkeys(name for x, y, _ in pairs for name in (x, y)))
-    predictions = predictions_for(ctx, names)
+    predictions = clean_predictions(ctx, names)
     metric = ctx.profile.accuracy_metric
     class_rows, pair_rows = [], []
     for x, y, label in pairs:
         per_class, summary = compare(predictions, x, y, metric)
         class_rows.append(per_class.assign(pair=label, model_x=x, model_y=y))
         pair_rows.append({"pair": label, "model_x": x, "model_y": y, **summary})
-    meta = ctx.provenance("error_distribution", time.perf_counter() - start, {"source": "accuracy units"})
-    out = ctx.results_dir("error_distribution")
     columns = ["pair", "model_x", "model_y", "class", "accuracy_x", "accuracy_y"]
-    write_csv(pd.concat(class_rows, ignore_index=True)[columns], out / "per_class.csv", meta)
-    write_csv(pd.DataFrame(pair_rows), out / "pairs.csv", meta)
+    ctx.write_csv(pd.concat(class_rows, ignore_index=True)[columns], "per_class.csv", source="clean predictions")
+    ctx.write_csv(pd.DataFrame(pair_rows), "pairs.csv", source="clean predictions")
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -116,6 +112,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="error_distribution", title="per-class accuracy of BagNet-33 against deep networks",
-    paper_ref="Fig. 7", run=run, make_figures=make_figures, rank=60, report_table=report_table,
+    paper_ref="Fig. 7", run=run, make_figures=make_figures, report_table=report_table, needs=("accuracy",),
     question="Do BagNet-33 and deep networks find the same classes hard?",
 )

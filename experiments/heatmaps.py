@@ -13,7 +13,7 @@ figures stage. BagNet heatmaps are also kept in the heatmap cache (``$BAGREPRO_C
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +23,34 @@ import torch
 from bagrepro import attribution
 from bagrepro.heatmap_cache import cached_heatmaps
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.results import read_csv, write_csv, write_npz
+from bagrepro.profiles import BAGNET_ROLES
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
-BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
 REFERENCE_ROLE = "vgg16"
+#: column titles of Fig. A.2 (other methods show their registry name)
+METHOD_LABELS = {"saliency": "Saliency", "integrated_gradients": "Int. Grad.", "eps_lrp": "eps-LRP",
+                 "deeplift": "DeepLIFT"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """num_images: seeded random images shown (Fig. 2 shows 10 rows); white_box: VGG-16's
+    attribution methods in Fig. A.2 (names in :mod:`bagrepro.attribution`'s registry; the paper's
+    four by default); ig_steps: Integrated Gradients' Riemann steps (DeepExplain's default, 100)."""
+
+    num_images: int = 10
+    white_box: tuple[str, ...] = attribution.PAPER_METHODS
+    ig_steps: int = 100
+
+    def __post_init__(self):
+        for method in self.white_box:
+            attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
 
 
 def chosen_images(ctx: RunContext):
     """N images drawn at random (seeded) from the profile's images: (images [N,3,H,W], labels, ids)."""
-    count = min(ctx.profile.setting("heatmaps", "num_images", 10), len(ctx.images()))
+    count = min(ctx.settings.num_images, len(ctx.images()))
     generator = np.random.default_rng(ctx.seed)
     indices = sorted(generator.choice(len(ctx.images()), size=count, replace=False).tolist())
     batch, labels, ids = [], [], []
@@ -60,7 +78,6 @@ def _rows(figure: str, name: str, role: str, method: str, ids, classes, probabil
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
     images, labels, ids = chosen_images(ctx)
     arrays = {"fig2": {"images": images.cpu().numpy(), "ids": np.array(ids)},
               "figA2": {"images": images.cpu().numpy(), "ids": np.array(ids)}}
@@ -75,8 +92,8 @@ def run(ctx: RunContext) -> None:
     reference = ctx.role(REFERENCE_ROLE)  # Fig. A.2: everything for VGG-16's prediction
     vgg = ctx.model(reference)
     predicted, probability = _predict(vgg, images)
-    ig_steps = ctx.profile.setting("heatmaps", "ig_steps", 100)
-    for method in attribution.METHODS:
+    ig_steps = ctx.settings.ig_steps
+    for method in ctx.settings.white_box:
         with torch.enable_grad():
             maps = attribution.attribute(vgg, vgg.zoo_spec.preprocess.normalize(images), predicted, method,
                                          ig_steps=ig_steps).sum(1).detach().cpu()
@@ -87,11 +104,9 @@ def run(ctx: RunContext) -> None:
         maps = cached_heatmaps(ctx.inference_model(name), images, ids, predicted)
         arrays["figA2"][role] = maps.numpy()
         frames.append(_rows("figA2", name, role, "exact", ids, predicted, probability, maps))
-    out = ctx.results_dir("heatmaps")
     for figure, content in arrays.items():
-        write_npz(content, out / f"{figure}.npz")
-    meta = ctx.provenance("heatmaps", time.perf_counter() - start, {"reference": reference, "ig_steps": ig_steps})
-    write_csv(pd.concat(frames, ignore_index=True), out / "summary.csv", meta)
+        ctx.write_npz(content, f"{figure}.npz")
+    ctx.write_csv(pd.concat(frames, ignore_index=True), "summary.csv", reference=reference)
 
 
 def _grid(content, columns: list[str], labels: list[str], title: str, path: Path, rows_limit: int = 10) -> list[Path]:
@@ -111,11 +126,14 @@ def _grid(content, columns: list[str], labels: list[str], title: str, path: Path
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Fig. 2 (image, BagNet-9/17/33 heatmaps) and Fig. A.2 (VGG-16 white-box methods beside BagNets)."""
-    read_csv(results_dir / "summary.csv")  # the run finished (the CSV is written last)
-    paths = _grid(np.load(results_dir / "fig2.npz"), list(BAGNET_ROLES), ["BagNet-9", "BagNet-17", "BagNet-33"],
+    summary = read_csv(results_dir / "summary.csv")  # written last: the run finished
+    bagnet_labels = [f"BagNet-{role.removeprefix('bagnet')}" for role in BAGNET_ROLES]
+    paths = _grid(np.load(results_dir / "fig2.npz"), list(BAGNET_ROLES), bagnet_labels,
                   "Fig. 2: exact heatmaps of the predicted class (red: evidence for)", figures_dir / "fig2_heatmaps")
-    columns = list(attribution.METHODS) + list(BAGNET_ROLES)
-    labels = ["Saliency", "Int. Grad.", "eps-LRP", "DeepLIFT", "BagNet-9", "BagNet-17", "BagNet-33"]
+    white_box = list(dict.fromkeys(summary.loc[(summary["figure"] == "figA2") & (summary["method"] != "exact"),
+                                               "method"]))
+    columns = white_box + list(BAGNET_ROLES)
+    labels = [METHOD_LABELS.get(method, method) for method in white_box] + bagnet_labels
     paths += _grid(np.load(results_dir / "figA2.npz"), columns, labels,
                    "Fig. A.2: VGG-16 attributions and BagNet heatmaps for VGG-16's prediction",
                    figures_dir / "figA2_attributions")
@@ -124,7 +142,7 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 EXPERIMENT = Experiment(
     name="heatmaps", title="exact BagNet heatmaps and white-box attributions", paper_ref="Fig. 2, A.2",
-    run=run, make_figures=make_figures, rank=80,
+    run=run, make_figures=make_figures, settings=Settings,
     question="Where in an image does each BagNet find evidence for its prediction, compared with VGG-16's "
              "white-box attributions?",
 )

@@ -14,8 +14,9 @@ Forward passes per image and model: sum over sizes of (2 + number of masks).
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,37 +26,38 @@ from scipy import stats
 from bagrepro.masking import interaction_terms, separated_masks
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.report import comparison
-from bagrepro.results import read_csv, write_csv
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
-DEFAULT_PATCH_SIZES = (8, 16, 24, 32, 40, 48, 56, 64)
+
+@dataclass(frozen=True)
+class Settings:
+    """patch_sizes: mask sides s in px (paper: 8 to 64, the distance between masks); num_images:
+    images per model; fill: what a masked patch becomes ('dc': its mean colour, as in the paper);
+    chunk_size: inputs per forward pass (memory, not results)."""
+
+    patch_sizes: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 56, 64)
+    num_images: int = 250
+    fill: Literal["dc", "zero", "blur"] = "dc"
+    chunk_size: int = 64
 
 
-def _settings(ctx: RunContext) -> dict:
-    return {
-        "patch_sizes": tuple(ctx.profile.setting("interactions", "patch_sizes", DEFAULT_PATCH_SIZES)),
-        "num_images": ctx.profile.setting("interactions", "num_images", 250),
-        "fill": ctx.profile.setting("interactions", "fill", "dc"),
-        "chunk_size": ctx.profile.setting("interactions", "chunk_size", 64),
-    }
-
-
-def model_terms(ctx: RunContext, name: str, settings: dict) -> pd.DataFrame:
+def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
     """LHS and RHS of eq. 1 for one model, every image and patch size."""
     model = ctx.inference_model(name)
     normalize = model.zoo_spec.preprocess.normalize
     frames = []
     images = ctx.images()
-    count = min(settings["num_images"], len(images))
+    count = min(settings.num_images, len(images))
     for batch, _, ids in ctx.progress(images.subset(range(count)).batches(ctx.batch_size), desc=name, unit="batch"):
         inputs = normalize(batch.to(ctx.device))
         with torch.inference_mode():
             leading = model(inputs).argmax(1)
-        for size in settings["patch_sizes"]:
+        for size in settings.patch_sizes:
             n_masks = len(separated_masks(*inputs.shape[-2:], size))
             if n_masks < 2:
                 continue  # one mask: both sides are the same number, nothing is tested
-            lhs, rhs = interaction_terms(model, inputs, leading, size, settings["fill"], settings["chunk_size"])
+            lhs, rhs = interaction_terms(model, inputs, leading, size, settings.fill, settings.chunk_size)
             frames.append(pd.DataFrame({
                 "image_id": ids, "patch_size": size, "min_distance": size, "n_masks": n_masks,
                 "leading_class": leading.cpu().numpy(), "lhs": lhs.cpu().numpy(), "rhs": rhs.cpu().numpy(),
@@ -77,8 +79,7 @@ def correlations(terms: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
-    settings = _settings(ctx)
+    settings = ctx.settings
 
     def compute(name: str) -> pd.DataFrame:
         frame = model_terms(ctx, name, settings)
@@ -87,12 +88,10 @@ def run(ctx: RunContext) -> None:
         frame.insert(2, "receptive_field", ctx.model(name).zoo_spec.receptive_field)
         return frame
 
-    frames = ctx.map_units(ctx.units("interactions", settings), ctx.model_names, compute)
+    frames = ctx.map_units(ctx.units(settings), ctx.model_names, compute)
     terms = pd.concat(frames.values(), ignore_index=True)
-    meta = ctx.provenance("interactions", time.perf_counter() - start, {"settings": settings})
-    out = ctx.results_dir("interactions")
-    write_csv(terms, out / "terms.csv", meta)
-    write_csv(correlations(terms), out / "correlation.csv", meta)
+    ctx.write_csv(terms, "terms.csv")
+    ctx.write_csv(correlations(terms), "correlation.csv")
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -136,6 +135,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="interactions", title="non-linear interactions between image parts (eq. 1)", paper_ref="Fig. 6",
-    run=run, make_figures=make_figures, rank=40, report_table=report_table, shardable=True,
+    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="Does masking several separated parts change the logit by the sum of the single-part changes?",
 )

@@ -12,7 +12,7 @@ per BagNet plus one of the reference.
 from __future__ import annotations
 
 import functools
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,12 +20,19 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.report import comparison
-from bagrepro.results import read_csv, write_csv
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
-BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
 REFERENCE_ROLE = "vgg16"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """num_images: the first N images of the run (None: all of them, as in the paper)."""
+
+    num_images: int | None = None
 
 
 def all_logits(ctx: RunContext, name: str, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -48,8 +55,8 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
-    count = min(ctx.profile.setting("logit_correlation", "num_images", len(ctx.images())), len(ctx.images()))
+    wanted = ctx.settings.num_images
+    count = len(ctx.images()) if wanted is None else min(wanted, len(ctx.images()))
     reference = ctx.role(REFERENCE_ROLE)
     roles = {ctx.role(role): role for role in BAGNET_ROLES}
     reference_logits = functools.cache(lambda: all_logits(ctx, reference, count))  # once, only if needed
@@ -63,7 +70,7 @@ def run(ctx: RunContext) -> None:
             "pearson_r": pearson_rows(logits, reference_values).numpy(), "pooled_r": pooled,
         })
 
-    store = ctx.units("logit_correlation", {"count": count, "reference": reference})
+    store = ctx.units({"count": count, "reference": reference})
     frames = ctx.map_units(store, list(roles), compute)
     per_image = pd.concat(frames.values(), ignore_index=True)
     summary = (per_image.groupby(["model", "role", "reference"], sort=False)
@@ -71,10 +78,8 @@ def run(ctx: RunContext) -> None:
                     mean_per_image_r=("pearson_r", "mean")).reset_index())
     summary["paper_r"] = summary["role"].map(paper.LOGIT_CORRELATION_WITH_VGG16)
     summary["difference"] = summary["pooled_r"] - summary["paper_r"]
-    meta = ctx.provenance("logit_correlation", time.perf_counter() - start, {"reference": reference})
-    out = ctx.results_dir("logit_correlation")
-    write_csv(per_image.drop(columns="pooled_r"), out / "per_image.csv", meta)
-    write_csv(summary, out / "summary.csv", meta)
+    ctx.write_csv(per_image.drop(columns="pooled_r"), "per_image.csv", reference=reference)
+    ctx.write_csv(summary, "summary.csv", reference=reference)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -100,6 +105,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="logit_correlation", title="correlation of BagNet and VGG-16 logits", paper_ref="Fig. 1C",
-    run=run, make_figures=make_figures, rank=50, report_table=report_table, shardable=True,
+    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="How linearly do BagNet logits follow a deep network's logits on the same images?",
 )

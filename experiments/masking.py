@@ -21,8 +21,9 @@ a BagNet heatmap: one phase-folded pass of its BagNet).
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -32,48 +33,60 @@ from bagrepro import attribution, paper
 from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.report import comparison
-from bagrepro.results import read_csv, write_csv, write_npz
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
-TESTED_ROLES = ("vgg16", "resnet50", "resnet152", "densenet169")
-BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
 EXAMPLES = 2  # images whose heatmaps are kept for the figure
 
 
-def _settings(ctx: RunContext) -> dict:
-    setting = lambda key, default: ctx.profile.setting("masking", key, default)  # noqa: E731
-    return {
-        "tested_roles": tuple(setting("tested_roles", TESTED_ROLES)),
-        "num_images": setting("num_images", 100),
-        "steps": setting("steps", paper.TABLE1_STEPS),
-        "patch": setting("patch", paper.TABLE1_PATCH),
-        "fill": setting("fill", "dc"),
-        "sign": setting("sign", "signed"),
-        "random_seeds": setting("random_seeds", 3),
-        "ig_steps": setting("ig_steps", 100),
-        "chunk_size": setting("chunk_size", 64),
-    }
+@dataclass(frozen=True)
+class Settings:
+    """tested_roles: the deep networks whose leading class is masked (paper: VGG-16, ResNet-50,
+    ResNet-152, DenseNet-169); num_images: images per model; steps: patches masked (Table 1: 100);
+    patch: patch side in px (8); fill: what a masked patch becomes ('dc': its mean colour, as in the
+    paper); sign: how a heatmap's values rank a patch ('signed' sum, as the released code does);
+    random_seeds: random orders per image; white_box: attribution methods of the tested model
+    (names in :mod:`bagrepro.attribution`'s registry; the paper's four by default); ig_steps:
+    Integrated Gradients' Riemann steps (100, as DeepExplain); chunk_size: inputs per forward pass
+    (memory, not results)."""
+
+    tested_roles: tuple[str, ...] = ("vgg16", "resnet50", "resnet152", "densenet169")
+    num_images: int = 100
+    steps: int = paper.TABLE1_STEPS
+    patch: int = paper.TABLE1_PATCH
+    fill: Literal["dc", "zero", "blur"] = "dc"
+    sign: Literal["signed", "positive", "absolute"] = "signed"
+    random_seeds: int = 3
+    white_box: tuple[str, ...] = attribution.PAPER_METHODS
+    ig_steps: int = 100
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        for method in self.white_box:
+            attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
 
 
-def methods(settings: dict) -> list[tuple[str, int]]:
+def methods(settings: Settings) -> list[tuple[str, int]]:
     """(method, seed) pairs: the white-box methods, the BagNets, and random orders."""
-    return ([(m, -1) for m in attribution.METHODS] + [(role, -1) for role in BAGNET_ROLES]
-            + [("random", seed) for seed in range(settings["random_seeds"])])
+    return ([(m, -1) for m in settings.white_box] + [(role, -1) for role in BAGNET_ROLES]
+            + [("random", seed) for seed in range(settings.random_seeds)])
 
 
 def heatmap(ctx: RunContext, method: str, model, inputs: torch.Tensor, images: torch.Tensor,
-            leading: torch.Tensor, settings: dict) -> torch.Tensor:
-    """Per-pixel heatmap [B, H, W] of ``method`` for the leading classes (random: None)."""
-    if method in attribution.METHODS:
+            leading: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """Per-pixel heatmap [B, H, W] of ``method`` for the leading classes: a white-box attribution
+    of the tested model (summed over channels), or a BagNet role's exact black-box heatmap."""
+    if method in settings.white_box:
         with torch.enable_grad():
-            maps = attribution.attribute(model, inputs, leading, method, ig_steps=settings["ig_steps"])
+            maps = attribution.attribute(model, inputs, leading, method, ig_steps=settings.ig_steps)
         return maps.sum(1)
     bagnet = ctx.inference_model(ctx.role(method))
     return dense_heatmaps(bagnet, bagnet.zoo_spec.preprocess.normalize(images), targets=leading)[:, 0]
 
 
-def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: dict,
+def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: Settings,
                 examples: dict) -> pd.DataFrame:
     """Masking curves of one tested model under one heatmap method, for every image; the heatmaps of
     the first EXAMPLES images go into ``examples`` (key 'model/method/image_id')."""
@@ -81,7 +94,7 @@ def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: di
     forward = ctx.inference_model(name)  # same outputs, faster: the leading class and the masking curves
     normalize = model.zoo_spec.preprocess.normalize
     images = ctx.images()
-    count = min(settings["num_images"], len(images))
+    count = min(settings.num_images, len(images))
     frames, done = [], 0
     for batch, _, ids in ctx.progress(images.subset(range(count)).batches(ctx.batch_size),
                                       desc=f"{name} {method}", unit="batch"):
@@ -89,19 +102,19 @@ def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: di
         inputs = normalize(batch)
         with torch.inference_mode():
             leading = forward(inputs).argmax(1)
-        patches = np.prod(grid_shape(*inputs.shape[-2:], settings["patch"]))
+        patches = np.prod(grid_shape(*inputs.shape[-2:], settings.patch))
         if method == "random":
             generator = torch.Generator().manual_seed(seed * 1_000_003 + done)
             scores = torch.rand(len(batch), patches, generator=generator).to(ctx.device)
         else:
             maps = heatmap(ctx, method, model, inputs, batch, leading, settings)
-            scores = patch_scores(maps[:, None], settings["patch"], settings["sign"])
+            scores = patch_scores(maps[:, None], settings.patch, settings.sign)
             for index in range(max(0, min(EXAMPLES - done, len(batch)))):
                 examples[f"{name}/{method}/{ids[index]}"] = maps[index].detach().cpu().numpy().astype(np.float16)
                 examples[f"image/{ids[index]}"] = batch[index].cpu().numpy().astype(np.float16)
-        steps = min(settings["steps"], patches)
-        curves = masking_curves(forward, inputs, ranks_from_scores(scores), leading, steps, settings["patch"],
-                                settings["fill"], settings["chunk_size"]).cpu().numpy()
+        steps = min(settings.steps, patches)
+        curves = masking_curves(forward, inputs, ranks_from_scores(scores), leading, steps, settings.patch,
+                                settings.fill, settings.chunk_size).cpu().numpy()
         frames.append(pd.DataFrame({
             "image_id": np.repeat(ids, steps + 1), "method": method, "seed": seed,
             "k": np.tile(np.arange(steps + 1), len(ids)), "probability": curves.ravel(),
@@ -125,10 +138,9 @@ def table1(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
-    settings = _settings(ctx)
-    store = ctx.units("masking", settings)
-    tested = list(dict.fromkeys(ctx.role(role) for role in settings["tested_roles"]))
+    settings = ctx.settings
+    store = ctx.units(settings)
+    tested = list(dict.fromkeys(ctx.role(role) for role in settings.tested_roles))
     units = {f"{name}__{method}__{seed}": (name, method, seed) for name in tested for method, seed in methods(settings)}
 
     def compute(unit: str) -> pd.DataFrame:
@@ -145,11 +157,9 @@ def run(ctx: RunContext) -> None:
     for unit in units:
         examples.update(store.load_arrays(unit))
     curves = pd.concat(frames.values(), ignore_index=True)
-    out = ctx.results_dir("masking")
-    meta = ctx.provenance("masking", time.perf_counter() - start, {"settings": settings})
-    write_csv(curves, out / "curves.csv", meta)
-    write_csv(table1(curves), out / "table1.csv", meta)
-    write_npz(examples, out / "example_heatmaps.npz")
+    ctx.write_csv(curves, "curves.csv")
+    ctx.write_csv(table1(curves), "table1.csv")
+    ctx.write_npz(examples, "example_heatmaps.npz")
 
 
 
@@ -204,7 +214,7 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="masking", title="spatial sensitivity: masking patches in heatmap order", paper_ref="Fig. 8, Table 1",
-    run=run, make_figures=make_figures, rank=30, report_table=report_table, shardable=True,
+    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="Do black-box BagNet heatmaps find the patches a deep network depends on better than its own "
              "white-box attributions?",
 )

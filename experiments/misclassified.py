@@ -13,7 +13,7 @@ col, logit) and ``panels.npz`` (images and heatmaps for the figure).
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +25,26 @@ from bagrepro.heatmap_cache import cached_heatmaps
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.results import read_csv, write_csv, write_npz
+from bagrepro.predictions import clean_predictions
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
-from experiments.accuracy import predictions_for
 
 TOP_PATCHES = 3
 
 
+@dataclass(frozen=True)
+class Settings:
+    """num_images: images shown (Fig. 4 shows 4), a seeded choice among those both models get wrong."""
+
+    num_images: int = 4
+
+
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
     bagnet_name, vgg_name = ctx.role("bagnet33"), ctx.role("vgg16")
-    predictions = predictions_for(ctx, [bagnet_name, vgg_name])
+    predictions = clean_predictions(ctx, [bagnet_name, vgg_name])
     wrong = predictions.pivot(index="image_id", columns="model", values="correct_top1")
     both_wrong = sorted(wrong.index[~wrong[bagnet_name].astype(bool) & ~wrong[vgg_name].astype(bool)])
-    count = min(ctx.profile.setting("misclassified", "num_images", 4), len(both_wrong))
-    out = ctx.results_dir("misclassified")
+    count = min(ctx.settings.num_images, len(both_wrong))
     chosen = sorted(np.random.default_rng(ctx.seed).choice(both_wrong, size=count, replace=False).tolist()) if count else []
     position = {image_id: i for i, image_id in enumerate(ctx.images().image_ids)}
     image_rows, patch_rows = [], []
@@ -73,13 +78,12 @@ def run(ctx: RunContext) -> None:
                 image_rows.append({"image_id": image_id, "model": model_name, "true_class": int(labels[n]),
                                    "predicted_class": int(own[n]), "p_true": probabilities[rows[n], labels[n]].item(),
                                    "p_predicted": probabilities[rows[n], own[n]].item()})
-    write_npz(panels, out / "panels.npz")
-    meta = ctx.provenance("misclassified", time.perf_counter() - start,
-                          {"both_wrong": len(both_wrong), "of_images": int(wrong.shape[0])})
-    write_csv(pd.DataFrame(image_rows, columns=["image_id", "model", "true_class", "predicted_class", "p_true",
-                                                "p_predicted"]), out / "images.csv", meta)
-    write_csv(pd.DataFrame(patch_rows, columns=["image_id", "kind", "class", "rank", "row", "col", "size", "logit"]),
-              out / "patches.csv", meta)
+    ctx.write_npz(panels, "panels.npz")
+    meta = {"both_wrong": len(both_wrong), "of_images": int(wrong.shape[0])}
+    ctx.write_csv(pd.DataFrame(image_rows, columns=["image_id", "model", "true_class", "predicted_class", "p_true",
+                                                    "p_predicted"]), "images.csv", **meta)
+    ctx.write_csv(pd.DataFrame(patch_rows, columns=["image_id", "kind", "class", "rank", "row", "col", "size",
+                                                    "logit"]), "patches.csv", **meta)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -123,6 +127,6 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 EXPERIMENT = Experiment(
     name="misclassified", title="images both BagNet-33 and VGG-16 misclassify", paper_ref="Fig. 4",
-    run=run, make_figures=make_figures, rank=90,
+    run=run, make_figures=make_figures, settings=Settings, needs=("accuracy",),
     question="When BagNet-33 and VGG-16 both fail, what evidence misled BagNet-33?",
 )

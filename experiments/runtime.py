@@ -12,6 +12,7 @@ Writes ``results/runtime/throughput.csv`` (one row per model, path and repeat) a
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,20 @@ import pandas as pd
 import torch
 
 from bagrepro import paper
-from bagrepro.models import get_spec
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
 from bagrepro.report import comparison
-from bagrepro.results import read_csv, write_csv
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+
+
+@dataclass(frozen=True)
+class Settings:
+    """batch_size: images per timed batch (the paper: 64; ``--batch-size`` overrides it); repeats:
+    timed passes per model (the median is reported); warmup: untimed passes per model first."""
+
+    batch_size: int = 64
+    repeats: int = 3
+    warmup: int = 1
 
 
 def _time_batch(model, batch: torch.Tensor) -> float:
@@ -38,14 +48,12 @@ def _time_batch(model, batch: torch.Tensor) -> float:
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
-    batch_size = ctx.options.batch_size or ctx.profile.setting("runtime", "batch_size", 64)
-    repeats = ctx.profile.setting("runtime", "repeats", 3)
-    warmup = ctx.profile.setting("runtime", "warmup", 1)
+    batch_size = ctx.options.batch_size or ctx.settings.batch_size
+    repeats, warmup = ctx.settings.repeats, ctx.settings.warmup
     reference = ctx.role(paper.RUNTIME_REFERENCE)
     names = ctx.model_names + ([reference] if reference not in ctx.model_names else [])
-    size = ctx.profile.image_size or get_spec(names[0]).preprocess.crop
-    store = ctx.units("runtime", {"batch_size": batch_size, "repeats": repeats, "size": size, "models": names})
+    size = ctx.image_size
+    store = ctx.units({"batch_size": batch_size, "repeats": repeats, "size": size, "models": names})
 
     def measure(_unit: str) -> pd.DataFrame:
         generator = torch.Generator().manual_seed(ctx.seed)
@@ -70,10 +78,9 @@ def run(ctx: RunContext) -> None:
     # shares the machine's CPU with the timing
     throughput = ctx.map_units(store, ["all"], measure)["all"]
     throughput["reference_model"] = reference
-    meta = ctx.provenance("runtime", time.perf_counter() - start,
-                          {"batch_size": batch_size, "repeats": repeats, "warmup": warmup, "image_size": size})
-    write_csv(throughput, ctx.results_dir("runtime") / "throughput.csv", meta)
-    write_csv(summarize(throughput), ctx.results_dir("runtime") / "summary.csv", meta)
+    meta = {"batch_size": batch_size, "image_size": size}
+    ctx.write_csv(throughput, "throughput.csv", **meta)
+    ctx.write_csv(summarize(throughput), "summary.csv", **meta)
 
 
 def summarize(throughput: pd.DataFrame) -> pd.DataFrame:
@@ -116,6 +123,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="runtime", title="inference throughput relative to ResNet-50", paper_ref="Sec. 4.1",
-    run=run, make_figures=make_figures, rank=20, report_table=report_table, shardable=True,
+    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="How fast is a BagNet at inference relative to ResNet-50, measured in the same run?",
 )

@@ -9,7 +9,8 @@ of an image is destroyed but its local content kept.
   with real weights; on profiles without one (smoke, demo) it runs with few steps on the profile's
   VGG stand-in, and the outputs say so (``texture_note``).
 
-Clean accuracy comes from the accuracy experiment's units (reused, computed only where missing).
+Clean accuracy comes from the shared clean predictions (:mod:`bagrepro.predictions`: reused, computed
+only where missing).
 Writes ``results/scrambling/predictions.csv`` (model, role, image_id, method, grid, correct_top1,
 correct_top5), ``table.csv`` (clean, scrambled and the drop per model and method, the report's
 numbers beside) and ``examples.npz`` (a few clean / scrambled / texturised images for the figure).
@@ -17,7 +18,7 @@ numbers beside) and ``examples.npz`` (a few clean / scrambled / texturised image
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,53 +27,58 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import new_figure, save_figure
+from bagrepro.predictions import clean_predictions, score_batch
 from bagrepro.report import comparison
-from bagrepro.results import atomic_path, read_csv, write_csv, write_npz
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 from bagrepro.scrambling import scramble_tiles, texturise
-from experiments.accuracy import predictions_for, score_batch
 
 EXAMPLES = 3
 
 
-def _settings(ctx: RunContext) -> dict:
-    setting = lambda key, default: ctx.profile.setting("scrambling", key, default)  # noqa: E731
-    return {"grids": tuple(setting("grids", (2, 4, 8))), "texture_steps": setting("texture_steps", 300),
-            "texture_images": setting("texture_images", 200), "texture_lr": setting("texture_lr", 0.05),
-            "texture_note": setting("texture_note", "")}
+@dataclass(frozen=True)
+class Settings:
+    """grids: tiles per side (the report: 4x4; Fig. 5 also shows 2x2 and 8x8); texture_steps,
+    texture_lr: Adam steps and learning rate of the Gatys texture synthesis on VGG-16's Gram
+    matrices; texture_images: the first N images are texturised (synthesis is expensive);
+    texture_note: a caveat shown beside the texture numbers (e.g. a stand-in VGG)."""
+
+    grids: tuple[int, ...] = (2, 4, 8)
+    texture_steps: int = 300
+    texture_images: int = 200
+    texture_lr: float = 0.05
+    texture_note: str = ""
 
 
-def _texture_file(store, texturer: str) -> Path:
-    return store.folder / f"textures__{texturer}.pt"
-
-
-def textures(ctx: RunContext, settings: dict, store) -> dict:
-    """Texturised versions of the first ``texture_images`` images (computed once, kept in the unit store)."""
+def textures(ctx: RunContext, settings: Settings, store) -> dict:
+    """Texturised versions of the first ``texture_images`` images (computed once, kept in the unit
+    store as the arrays of the unit ``textures__<texturer>``): images [N, 3, H, W], labels [N], ids."""
     texturer = ctx.role("vgg16")
-    path = _texture_file(store, texturer)
-    if not path.is_file():
+    unit = f"textures__{texturer}"
+    if not store.has_arrays(unit):
         vgg = ctx.model(texturer)
-        count = min(settings["texture_images"], len(ctx.images()))
+        count = min(settings.texture_images, len(ctx.images()))
         images, labels, ids = [], [], []
         for index, (batch, batch_labels, batch_ids) in enumerate(ctx.progress(
                 ctx.images().subset(range(count)).batches(ctx.batch_size), desc=f"textures ({texturer})")):
             images.append(texturise(batch.to(ctx.device), vgg, vgg.zoo_spec.preprocess.normalize,
-                                    settings["texture_steps"], settings["texture_lr"], ctx.seed + index).cpu())
+                                    settings.texture_steps, settings.texture_lr, ctx.seed + index).cpu())
             labels.append(batch_labels)
             ids += batch_ids
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as temporary:
-            torch.save({"images": torch.cat(images), "labels": torch.cat(labels), "ids": ids}, temporary)
-    return torch.load(path, weights_only=True)
+        store.save_arrays(unit, {"images": torch.cat(images).numpy(), "labels": torch.cat(labels).numpy(),
+                                 "ids": np.array(ids)})
+    arrays = store.load_arrays(unit)
+    return {"images": torch.from_numpy(arrays["images"]), "labels": torch.from_numpy(arrays["labels"]),
+            "ids": arrays["ids"].tolist()}
 
 
-def model_rows(ctx: RunContext, name: str, settings: dict, texture_set: dict) -> pd.DataFrame:
+def model_rows(ctx: RunContext, name: str, settings: Settings, texture_set: dict) -> pd.DataFrame:
     """Scrambled (every grid) and texturised predictions of one model."""
     model = ctx.inference_model(name)
     frames = []
     for index, (batch, labels, ids) in enumerate(ctx.progress(ctx.images().batches(ctx.batch_size), desc=name)):
         batch = batch.to(ctx.device)
-        for grid in settings["grids"]:
+        for grid in settings.grids:
             frame = score_batch(model, scramble_tiles(batch, grid, ctx.seed * 1000 + index), labels)
             frames.append(frame.assign(image_id=ids, method="tiles", grid=grid))
     images, labels = texture_set["images"], texture_set["labels"]
@@ -83,21 +89,17 @@ def model_rows(ctx: RunContext, name: str, settings: dict, texture_set: dict) ->
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
-    settings = _settings(ctx)
-    store = ctx.units("scrambling", settings)
+    settings = ctx.settings
+    store = ctx.units(settings)
     texture_set = ctx.main_first(lambda: textures(ctx, settings, store))
     frames = ctx.map_units(store, ctx.model_names, lambda name: model_rows(ctx, name, settings, texture_set).assign(
         model=name, role=ctx.profile.role_of(name))).values()
-    clean = predictions_for(ctx, ctx.model_names).assign(method="clean", grid=0)
+    clean = clean_predictions(ctx, ctx.model_names).assign(method="clean", grid=0)
     columns = ["model", "role", "image_id", "method", "grid", "correct_top1", "correct_top5"]
     predictions = pd.concat([clean[columns], *[f[columns] for f in frames]], ignore_index=True)
-    meta = ctx.provenance("scrambling", time.perf_counter() - start,
-                          {"settings": settings, "texturiser": ctx.role("vgg16")})
-    out = ctx.results_dir("scrambling")
-    write_csv(predictions, out / "predictions.csv", meta)
-    write_csv(table(predictions, settings["texture_note"]), out / "table.csv", meta)
-    _save_examples(ctx, settings, texture_set, out / "examples.npz")
+    ctx.write_csv(predictions, "predictions.csv", texturiser=ctx.role("vgg16"))
+    ctx.write_csv(table(predictions, settings.texture_note), "table.csv", texturiser=ctx.role("vgg16"))
+    _save_examples(ctx, settings, texture_set)
 
 
 def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
@@ -124,12 +126,12 @@ def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _save_examples(ctx: RunContext, settings: dict, texture_set: dict, path: Path) -> None:
+def _save_examples(ctx: RunContext, settings: Settings, texture_set: dict) -> None:
     batch, _, ids = next(iter(ctx.images().subset(range(min(EXAMPLES, len(ctx.images())))).batches(EXAMPLES)))
     arrays = {"clean": batch.numpy(), "texture": texture_set["images"][:len(batch)].numpy(), "ids": np.array(ids)}
-    for grid in settings["grids"]:
+    for grid in settings.grids:
         arrays[f"tiles_{grid}"] = scramble_tiles(batch, grid, ctx.seed * 1000).numpy()
-    write_npz(arrays, path)
+    ctx.write_npz(arrays, "examples.npz")
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -186,6 +188,7 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="scrambling", title="accuracy on tile-scrambled and texturised images", paper_ref="Fig. 5",
-    run=run, make_figures=make_figures, rank=55, report_table=report_table, shardable=True,
+    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, needs=("accuracy",),
+    shardable=True,
     question="How much do models lose when the global arrangement is destroyed but local content kept?",
 )

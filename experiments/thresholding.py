@@ -17,7 +17,7 @@ and the figure's metric is the profile's ``accuracy_metric`` (top-5 as in the pa
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,20 @@ from bagrepro import paper
 from bagrepro.heatmaps import patch_logits
 from bagrepro.metrics import top_k_hits
 from bagrepro.plotting import new_figure, save_figure
-from bagrepro.results import read_csv, write_csv
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
 MODEL_ROLE = "bagnet33"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The thresholds: ``count`` evenly spaced values from ``low`` to ``high`` (logits; the paper's
+    Fig. A.4 spans -100 to 100)."""
+
+    low: float = -100.0
+    high: float = 100.0
+    count: int = 201
 
 
 def thresholded_scores(logits: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,13 +62,12 @@ def thresholded_scores(logits: torch.Tensor, thresholds: torch.Tensor) -> tuple[
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
-    grid = ctx.profile.setting("thresholding", "thresholds", (-100.0, 100.0, 201))
+    grid = (ctx.settings.low, ctx.settings.high, ctx.settings.count)
     thresholds = torch.linspace(*grid[:2], int(grid[2]))
     bins = np.linspace(grid[0], grid[1], 101)
     name = ctx.role(MODEL_ROLE)
     metric = ctx.profile.accuracy_metric
-    store = ctx.units("thresholding", {"grid": grid, "model": name})
+    store = ctx.units({"grid": grid, "model": name})
     if not store.done("accuracy"):
         model = ctx.inference_model(name)
         hits = {mode: torch.zeros(len(thresholds), 2) for mode in ("clip", "binarise")}
@@ -82,11 +91,9 @@ def run(ctx: RunContext) -> None:
         store.save("histogram", pd.DataFrame({"bin_left": edges[:-1], "bin_right": edges[1:], "count": histogram}))
         store.save("accuracy", pd.DataFrame(rows))
     accuracy = store.load("accuracy").assign(model=name)
-    meta = ctx.provenance("thresholding", time.perf_counter() - start, {"thresholds": list(grid)})
-    out = ctx.results_dir("thresholding")
-    write_csv(accuracy, out / "accuracy.csv", meta)
-    write_csv(store.load("histogram").assign(model=name), out / "histogram.csv", meta)
-    write_csv(summarize(accuracy, metric), out / "summary.csv", meta)
+    ctx.write_csv(accuracy, "accuracy.csv")
+    ctx.write_csv(store.load("histogram").assign(model=name), "histogram.csv")
+    ctx.write_csv(summarize(accuracy, metric), "summary.csv")
 
 
 def summarize(accuracy: pd.DataFrame, metric: str = "top5") -> pd.DataFrame:
@@ -141,6 +148,6 @@ def report_table(results_dir: Path):
 
 EXPERIMENT = Experiment(
     name="thresholding", title="clipping and binarising BagNet-33 patch logits", paper_ref="Fig. A.4",
-    run=run, make_figures=make_figures, rank=70, report_table=report_table,
+    run=run, make_figures=make_figures, report_table=report_table, settings=Settings,
     question="How much accuracy survives when each patch's evidence is clipped or reduced to one bit?",
 )

@@ -11,22 +11,32 @@ row, col (top-left pixel), logit) and ``crops.npz`` (the crops, for the figure).
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from bagrepro.errors import ConfigError
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.patches import RunningTopK, crop_patches, patch_records
 from bagrepro.plotting import new_figure, save_figure
-from bagrepro.results import read_csv, write_csv, write_npz
+from bagrepro.profiles import BAGNET_ROLES
+from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
-BAGNET_ROLES = ("bagnet9", "bagnet17", "bagnet33")
 GROUPS = ("same", "other")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """num_classes: classes shown when ``--classes`` is not given (a seeded choice); k: patches per
+    class and group (Fig. 3 shows 7)."""
+
+    num_classes: int = 3
+    k: int = 7
 
 
 def selected_classes(ctx: RunContext) -> list[int]:
@@ -34,10 +44,9 @@ def selected_classes(ctx: RunContext) -> list[int]:
     if ctx.options.classes:
         bad = [c for c in ctx.options.classes if not 0 <= c < classes]
         if bad:
-            from bagrepro.errors import ConfigError
             raise ConfigError(f"--classes {bad[0]} is out of range: the data has classes 0..{classes - 1}")
         return list(ctx.options.classes)
-    count = min(ctx.profile.setting("top_patches", "num_classes", 3), classes)
+    count = min(ctx.settings.num_classes, classes)
     present = sorted(set(ctx.images().labels.tolist()))
     return sorted(np.random.default_rng(ctx.seed).choice(present, size=min(count, len(present)), replace=False).tolist())
 
@@ -60,10 +69,9 @@ def stream_top_patches(ctx: RunContext, name: str, classes: list[int], k: int) -
 
 
 def run(ctx: RunContext) -> None:
-    start = time.perf_counter()
     classes = selected_classes(ctx)
-    k = ctx.profile.setting("top_patches", "k", 7)
-    store = ctx.units("top_patches", {"classes": classes, "k": k})
+    k = ctx.settings.k
+    store = ctx.units({"classes": classes, "k": k})
     images = ctx.images()
     roles = {ctx.role(role): role for role in BAGNET_ROLES}
 
@@ -94,10 +102,8 @@ def run(ctx: RunContext) -> None:
         where = torch.tensor([unique.index(i) for i in frame["image_index"]])
         positions = torch.tensor(frame[["row", "col"]].to_numpy() // BAGNET_STRIDE)
         crops[role] = crop_patches(pixels[where], positions, q).numpy()
-    out = ctx.results_dir("top_patches")
-    write_npz(crops, out / "crops.npz")
-    meta = ctx.provenance("top_patches", time.perf_counter() - start, {"classes": classes, "k": k})
-    write_csv(pd.concat(frames, ignore_index=True).drop(columns="image_index"), out / "patches.csv", meta)
+    ctx.write_npz(crops, "crops.npz")
+    ctx.write_csv(pd.concat(frames, ignore_index=True).drop(columns="image_index"), "patches.csv", classes=classes)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -129,6 +135,6 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 EXPERIMENT = Experiment(
     name="top_patches", title="most informative patches per class", paper_ref="Fig. 3",
-    run=run, make_figures=make_figures, rank=85, shardable=True,
+    run=run, make_figures=make_figures, settings=Settings, shardable=True,
     question="Which image patches carry the most evidence for a class, within and outside that class?",
 )

@@ -52,7 +52,7 @@ def main(root: Path) -> int:
         data.mkdir()
         write_imagenet_devkit_layout(data)
     profiles.PROFILES["paper"] = dataclasses.replace(profiles.PROFILES["paper"],
-                                                     settings=profiles._frozen(TINY_SETTINGS))
+                                                     settings=profiles.frozen(TINY_SETTINGS))
     start = time.perf_counter()
     code = run_all.main(["--profile", "paper", "--data", str(data), "--out", str(root / "out"),
                          "--batch-size", "2", "--quiet"])

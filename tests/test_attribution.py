@@ -1,20 +1,24 @@
-"""White-box attributions (bagrepro.attribution): closed forms, cross-checks against captum,
-completeness / summation-to-delta on torchvision ResNet-50 and DenseNet-169, and the caller's model
-left untouched. Random weights, small inputs (8-32 px)."""
+"""White-box attributions (bagrepro.attribution): the method registry and option dispatch, closed
+forms, cross-checks against captum, completeness / summation-to-delta on torchvision ResNet-50 and
+DenseNet-169, and the caller's model left untouched. Random weights, small inputs (8-32 px)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from bagrepro.attribution import (METHODS, attribute, captum_deeplift, deeplift_rescale, epsilon_lrp,
-                                  ig_internal_batch_size, relu_override, unshare_relus)
+from bagrepro.attribution import (METHODS, PAPER_METHODS, AttributionMethod, attribute, attribution_methods,
+                                  deeplift_rescale, epsilon_lrp, epsilon_rule, get_attribution,
+                                  ig_internal_batch_size, register_attribution, relu_override,
+                                  unregister_attribution, working_copy)
 from bagrepro.errors import ConfigError
 from bagrepro.models import create_model
+from tests.attribution_crosscheck import captum_deeplift, unshare_relus
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -112,7 +116,10 @@ def test_unknown_method_lists_the_methods():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     with pytest.raises(ConfigError) as info:
         attribute(model, torch.randn(1, 3, 2, 2), torch.tensor([0]), "gradcam")
-    assert all(method in str(info.value) for method in METHODS)
+    assert "'gradcam'" in str(info.value)
+    assert all(method in str(info.value) for method in attribution_methods())
+    with pytest.raises(ConfigError, match="integrated_gradients"):
+        get_attribution("integrated_gradient")
 
 
 def test_ig_internal_batch_size_is_bounded():
@@ -123,6 +130,174 @@ def test_ig_internal_batch_size_is_bounded():
     assert ig_internal_batch_size(4, 100, 1) == 4
     with pytest.raises(ConfigError):
         ig_internal_batch_size(2, 100, 0)
+
+
+# ---- the registry --------------------------------------------------------------------------------------
+
+def tiny_relu_model() -> nn.Module:
+    torch.manual_seed(10)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+
+
+def test_paper_methods_are_registered_first_in_the_csv_order():
+    assert METHODS == PAPER_METHODS == ("saliency", "integrated_gradients", "eps_lrp", "deeplift")
+    assert attribution_methods()[:4] == METHODS
+    specs = {name: get_attribution(name) for name in METHODS}
+    assert all(isinstance(spec, AttributionMethod) and spec.name == name for name, spec in specs.items())
+    assert {name: spec.options for name, spec in specs.items()} == {
+        "saliency": (), "integrated_gradients": (("ig_steps", 100), ("internal_batch_size", None)),
+        "eps_lrp": (("eps", 1e-4),), "deeplift": ()}
+    assert {name: spec.passes for name, spec in specs.items()} == {
+        "saliency": "1 forward + 1 backward", "integrated_gradients": "n forward + n backward",
+        "eps_lrp": "1 forward + 1 backward", "deeplift": "2 forward (reference + image) + 1 backward"}
+    assert all(spec.needs == ("gradients",) for spec in specs.values())
+    # the defaults are documented where they are declared
+    assert "ig_steps" in specs["integrated_gradients"].description and "100" in specs["integrated_gradients"].description
+    assert "1e-4" in specs["eps_lrp"].description and "zero baseline" in specs["deeplift"].description
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        specs["eps_lrp"].passes = "free"
+
+
+def test_a_new_method_is_one_decorated_function():
+    calls = []
+
+    @register_attribution("test_scaled_input", passes="none", needs=("forward",))
+    def scaled_input(net, images, targets, *, scale: float = 2.0):
+        """The input times ``scale`` (default 2): a method registered by a test."""
+        calls.append({"net": net, "images": images, "targets": targets, "scale": scale, "training": net.training})
+        return images * scale
+
+    model = tiny_relu_model().train()
+    x = torch.randn(2, 3, 2, 2)
+    x_before = x.clone()
+    t = torch.tensor([1, 0])
+    try:
+        assert attribution_methods() == (*METHODS, "test_scaled_input")
+        spec = get_attribution("test_scaled_input")
+        assert spec.compute is scaled_input and spec.options == (("scale", 2.0),) and spec.needs == ("forward",)
+        assert spec.passes == "none" and spec.description.startswith("The input times")
+
+        got = attribute(model, x, t, "test_scaled_input")
+        assert torch.equal(got, x * 2) and got.dtype == torch.float32
+        # its own option reaches it; the other methods' shared settings (ig_steps, eps) are dropped
+        assert torch.equal(attribute(model, x, t, "test_scaled_input", scale=-3.0, ig_steps=5, eps=0.5), x * -3)
+        assert [call["scale"] for call in calls] == [2.0, -3.0]
+        # it ran on an eval-mode working copy and a private copy of the images
+        assert all(call["net"] is not model and not call["training"] for call in calls)
+        assert all(call["images"] is not x and call["targets"].dtype == torch.long for call in calls)
+        assert model.training and torch.equal(x, x_before)
+        # its option is now a known shared setting: the paper's methods drop it
+        assert torch.equal(attribute(model, x, t, "saliency", scale=5.0), attribute(model, x, t, "saliency"))
+    finally:
+        assert unregister_attribution("test_scaled_input").compute is scaled_input
+    assert attribution_methods() == METHODS
+    with pytest.raises(ConfigError, match="test_scaled_input"):
+        attribute(model, x, t, "test_scaled_input")
+    with pytest.raises(ConfigError, match="scale"):  # no registered method declares it any more
+        attribute(model, x, t, "saliency", scale=5.0)
+    with pytest.raises(ConfigError, match="test_scaled_input"):
+        unregister_attribution("test_scaled_input")
+
+
+def test_duplicate_name_is_refused_and_the_first_kept():
+    before = get_attribution("saliency")
+    with pytest.raises(ConfigError, match="saliency.*already registered"):
+        @register_attribution("saliency", passes="1 forward + 1 backward")
+        def other_saliency(net, images, targets):
+            """A second saliency."""
+            return images
+    assert get_attribution("saliency") is before
+    assert attribution_methods() == METHODS
+
+
+def test_malformed_registrations_are_refused():
+    with pytest.raises(ConfigError, match="needs"):
+        register_attribution("test_bad_needs", passes="1 forward", needs=("logits",))
+    with pytest.raises(ConfigError, match="needs"):
+        register_attribution("test_no_needs", passes="1 forward", needs=())
+
+    def no_default(net, images, targets, *, steps):
+        """Option without default."""
+        return images
+
+    def positional_option(net, images, targets, steps=3):
+        """Option that is not keyword-only."""
+        return images
+
+    def anything_goes(net, images, targets, **options):
+        """Undeclared options."""
+        return images
+
+    def undocumented(net, images, targets):
+        return images
+
+    for index, compute in enumerate((no_default, positional_option, anything_goes, undocumented)):
+        with pytest.raises(ConfigError, match=f"test_bad_{index}"):
+            register_attribution(f"test_bad_{index}", passes="1 forward")(compute)
+    assert attribution_methods() == METHODS
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_option_no_method_knows_is_a_typo(method):
+    model = tiny_relu_model()
+    x, t = torch.randn(2, 3, 2, 2), torch.tensor([0, 2])
+    with pytest.raises(ConfigError, match="ig_stepz") as info:
+        attribute(model, x, t, method, ig_stepz=3)
+    assert "ig_steps" in str(info.value)  # the message lists the known options
+    with pytest.raises(ConfigError, match="epsilon"):
+        attribute(model, x, t, method, ig_steps=3, epsilon=0.1)
+
+
+def test_options_go_to_the_methods_that_declare_them():
+    model = tiny_relu_model()
+    x, t = torch.randn(3, 3, 2, 2), torch.tensor([0, 2, 1])
+    shared = {"ig_steps": 2, "internal_batch_size": 1, "eps": 0.5}
+    for method in ("saliency", "deeplift"):  # no options: every shared setting is dropped
+        assert torch.equal(attribute(model, x, t, method, **shared), attribute(model, x, t, method))
+    # declared options are used: each changes the result of a non-linear model
+    assert not torch.allclose(attribute(model, x, t, "eps_lrp", eps=0.5), attribute(model, x, t, "eps_lrp"))
+    assert torch.equal(attribute(model, x, t, "eps_lrp", eps=0.5, ig_steps=2), attribute(model, x, t, "eps_lrp", eps=0.5))
+    assert torch.equal(attribute(model, x, t, "eps_lrp"), attribute(model, x, t, "eps_lrp", eps=1e-4))
+    two = attribute(model, x, t, "integrated_gradients", ig_steps=2)
+    assert not torch.allclose(two, attribute(model, x, t, "integrated_gradients", ig_steps=8))
+    assert torch.equal(two, attribute(model, x, t, "integrated_gradients", ig_steps=2, eps=0.5))
+    assert torch.equal(attribute(model, x, t, "integrated_gradients"),
+                       attribute(model, x, t, "integrated_gradients", ig_steps=100, internal_batch_size=None))
+    for steps in (0, 1):  # captum's Riemann sums need two steps
+        with pytest.raises(ConfigError, match="ig_steps"):
+            attribute(model, x, t, "integrated_gradients", ig_steps=steps)
+
+
+def test_dispatch_equals_the_implementations():
+    """attribute() adds nothing to the methods' numbers: bit-equal to each registered function on a
+    working copy, and to the direct captum / ReLU-override computations they are made of."""
+    from captum.attr import IntegratedGradients, Saliency
+
+    model = randomize_batchnorm(create_model("smoke_resnet50"), seed=7).eval()
+    torch.manual_seed(11)
+    x = torch.randn(2, 3, 32, 32)
+    t = torch.tensor([4, 7])
+    got = {method: attribute(model, x, t, method, ig_steps=8) for method in METHODS}
+    for method in METHODS:
+        spec = get_attribution(method)
+        options = {"ig_steps": 8} if method == "integrated_gradients" else {}
+        direct = spec.compute(working_copy(model), x.clone(), t.clone(), **options).detach()
+        assert torch.equal(got[method], direct), method
+
+    saliency = Saliency(model).attribute(x.clone().requires_grad_(True), target=t, abs=True)
+    assert torch.equal(got["saliency"], saliency)
+    ig = IntegratedGradients(model, multiply_by_inputs=True).attribute(
+        x.clone().requires_grad_(True), baselines=torch.zeros_like(x), target=t, n_steps=8,
+        method="riemann_right", internal_batch_size=ig_internal_batch_size(2, 8))
+    assert torch.equal(got["integrated_gradients"], ig)
+    xg = x.clone().requires_grad_(True)
+    with relu_override(epsilon_rule(1e-4)):
+        logits = model(xg).gather(1, t[:, None]).sum()
+    (grad,) = torch.autograd.grad(logits, xg)
+    assert torch.equal(got["eps_lrp"], grad * x)
+    assert torch.equal(got["deeplift"], deeplift_rescale(model, x, t, baselines=torch.zeros(1, 3, 32, 32)))
+    # the four differ from each other (the comparison above could not pass by returning one map)
+    assert len({got[method].sum().item() for method in METHODS}) == 4
 
 
 # ---- closed forms ------------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 import run_all
-from bagrepro import training
-from bagrepro.data import demo
+from bagrepro.demo import DEMO_ROLES, store, training, zoo
 from bagrepro.profiles import PROFILES
 
 MODELS = ["demo_bagnet9", "demo_resnet50"]
@@ -19,16 +18,23 @@ MODELS = ["demo_bagnet9", "demo_resnet50"]
 
 @pytest.fixture
 def tiny_demo(monkeypatch):
-    world = dataclasses.replace(demo.DEMO_WORLD, train_per_class=4, val_per_class=1, test_per_class=2)
-    monkeypatch.setattr(demo, "DEMO_WORLD", world)
-    recipes = {name: dataclasses.replace(recipe, epochs=1, bn_recalibration_images=16)
-               for name, recipe in training.DEMO_RECIPES.items()}
-    monkeypatch.setattr(training, "DEMO_RECIPES", recipes)
+    world = dataclasses.replace(store.DEMO_WORLD, train_per_class=4, val_per_class=1, test_per_class=2)
+    monkeypatch.setattr(store, "DEMO_WORLD", world)
+    for name, entry in zoo.DEMO_ZOO.items():
+        recipe = dataclasses.replace(entry.recipe, epochs=1, bn_recalibration_images=16)
+        monkeypatch.setitem(zoo.DEMO_ZOO, name, dataclasses.replace(entry, recipe=recipe))
     return world
 
 
 def test_demo_is_the_default_profile():
     assert run_all.parse_args([]).profile == "demo" and "demo" in PROFILES
+
+
+def test_demo_roles_and_models_come_from_the_demo_zoo_table():
+    for name, entry in zoo.DEMO_ZOO.items():
+        assert all(DEMO_ROLES[role] == name for role in entry.roles)  # each entry stands in for its roles
+    assert PROFILES["demo"].models == tuple(zoo.DEMO_ZOO)
+    assert PROFILES["demo"].role_of("demo_vgg16") == "vgg16" and PROFILES["demo"].role("resnet152") == "demo_resnet50"
 
 
 def test_demo_profile_trains_once_then_reuses_the_zoo(tiny_demo, tmp_path, monkeypatch):
@@ -43,7 +49,7 @@ def test_demo_profile_trains_once_then_reuses_the_zoo(tiny_demo, tmp_path, monke
     arrangement = tiny_demo.class_groups.count("arrangement")
     assert groups.loc[groups["group"] == "arrangement", "chance_top1"].iloc[0] == pytest.approx(100 / arrangement)
     meta = json.loads((results / "predictions.meta.json").read_text())
-    assert all("trained by bagrepro.training" in meta["models"][m] for m in MODELS)
+    assert all("trained by bagrepro.demo.training" in meta["models"][m] for m in MODELS)
     assert "demo world" in meta["data"]
 
     def must_not_train(*args, **kwargs):

@@ -1,5 +1,5 @@
 """The demo world (determinism, splits, ground-truth masks, arrangement geometry), the demo zoo
-builders, and the training recipe (reproducible weights, the model cache)."""
+table and builders, and the training recipe (reproducible weights, the model cache and its keys)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from bagrepro.data import demo_world as dw
-from bagrepro.data.demo_world import SPLITS, WorldConfig, arrangement_lattice, generate_world, make_world
+from bagrepro.demo import render, spec, store
+from bagrepro.demo.spec import DEMO_PREPROCESS, SPLITS, WorldConfig, arrangement_lattice
+from bagrepro.demo.store import generate_world, make_world
+from bagrepro.demo.zoo import DEMO_ZOO, DemoModel
 from bagrepro.errors import ConfigError
-from bagrepro.models.demo_zoo import DEMO_ARCHITECTURES
 
 # 57 px images, guard 9 (the arrangement is invisible to BagNet-9 here), 12 classes, 3/2/2 per class
 TINY = WorldConfig(seed=3, image_size=57, guard=9, train_per_class=3, val_per_class=2, test_per_class=2)
@@ -49,7 +50,7 @@ def test_splits_shapes_dtypes_and_class_counts(tiny_world):
         x = data.tensor()
         assert x.shape == (n, 3, size, size) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
         z = data.normalized()
-        expected = (x - torch.tensor(dw.WORLD_MEAN)[:, None, None]) / torch.tensor(dw.WORLD_STD)[:, None, None]
+        expected = (x - torch.tensor(DEMO_PREPROCESS.mean)[:, None, None]) / torch.tensor(DEMO_PREPROCESS.std)[:, None, None]
         torch.testing.assert_close(z, expected)
         assert data.masks.reshape(n, -1).any(1).all()  # every image has evidence
     assert len(set(all_ids)) == len(all_ids)  # disjoint ids across splits
@@ -64,8 +65,8 @@ def test_images_look_like_images_not_noise(tiny_world):
 
 
 def _render_pair(config: WorldConfig, labels: np.ndarray, seed: int = 0):
-    with_evidence = dw.render_images(config, labels, np.random.default_rng(seed), evidence=True)
-    without = dw.render_images(config, labels, np.random.default_rng(seed), evidence=False)
+    with_evidence = render.render_images(config, labels, np.random.default_rng(seed), evidence=True)
+    without = render.render_images(config, labels, np.random.default_rng(seed), evidence=False)
     return with_evidence, without
 
 
@@ -90,7 +91,7 @@ def test_lattice_classes_differ_only_beyond_a_9px_window():
     first = TINY.textures
     labels = np.repeat(np.arange(first, first + TINY.lattices), 8)
     (_, masks), _ = _render_pair(TINY, labels, seed=1)
-    dot, pitch = TINY.lattice_dot, TINY.lattice_dot + dw.DOT_GAP
+    dot, pitch = TINY.lattice_dot, TINY.lattice_dot + spec.DOT_GAP
     expected_step = {0: {(0, pitch)}, 1: {(pitch, 0)}, 2: {(pitch, pitch), (pitch, -pitch)}}
     densities = []
     for label, mask in zip(labels, masks):
@@ -101,7 +102,7 @@ def test_lattice_classes_differ_only_beyond_a_9px_window():
         gaps = np.abs(corners[:, None] - corners[None]) - dot  # [k, k, 2] gaps between dots per axis
         np.fill_diagonal(gaps[..., 0], 10 ** 6)
         # no 9 px window holds pixels of two dots: on some axis they are at least 8 px apart
-        assert (gaps.max(-1) >= dw.DOT_GAP).all()
+        assert (gaps.max(-1) >= spec.DOT_GAP).all()
         # the nearest neighbours lie along the class's direction
         steps = {tuple(int(v) for v in (b - a)) for a in corners for b in corners
                  if 0 < np.abs(b - a).max() <= pitch and (b - a)[0] >= 0 and not ((b - a)[0] == 0 and (b - a)[1] < 0)}
@@ -171,7 +172,7 @@ def test_config_validation():
 def test_world_cache_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("BAGREPRO_CACHE", str(tmp_path))
     world = make_world(TINY)
-    path = dw.world_path(TINY)
+    path = store.world_path(TINY)
     assert path.exists() and path.parent.name == f"world-{TINY.fingerprint}"
     loaded = make_world(TINY)
     for split in SPLITS:
@@ -180,16 +181,16 @@ def test_world_cache_round_trip(tmp_path, monkeypatch):
 
 
 def test_example_grid(tiny_world, tmp_path):
-    path = dw.save_example_grid(tiny_world, tmp_path / "grid.png", per_class=2)
+    path = render.save_example_grid(tiny_world, tmp_path / "grid.png", per_class=2)
     assert path.exists() and 0 < path.stat().st_size < 300_000
 
 
 # ---- demo zoo ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(DEMO_ARCHITECTURES))
+@pytest.mark.parametrize("name", list(DEMO_ZOO))
 def test_demo_architectures_build_and_run(name):
     torch.manual_seed(0)
-    model = DEMO_ARCHITECTURES[name](7).eval()
+    model = DEMO_ZOO[name].build(7).eval()
     assert not any(p.is_meta for p in model.parameters())
     with torch.no_grad():
         out = model(torch.randn(2, 3, 73, 73))
@@ -197,7 +198,7 @@ def test_demo_architectures_build_and_run(name):
     assert not any(isinstance(m, nn.Flatten) for m in model.modules())
     if "bagnet" in name:
         q = int(name.removeprefix("demo_bagnet"))
-        assert model.receptive_field == q and model.patch_logits(torch.zeros(1, 3, 73, 73)).shape[-1] == (73 - q) // 8 + 1
+        assert model.receptive_field == q == DEMO_ZOO[name].receptive_field and model.patch_logits(torch.zeros(1, 3, 73, 73)).shape[-1] == (73 - q) // 8 + 1
     if name == "demo_resnet50":
         from torchvision.models.resnet import Bottleneck
         blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
@@ -207,7 +208,7 @@ def test_demo_architectures_build_and_run(name):
 # ---- training ----------------------------------------------------------------------------------
 
 def test_training_is_reproducible_and_cached(tiny_world, tmp_path, monkeypatch):
-    from bagrepro import training
+    from bagrepro.demo import training
 
     monkeypatch.setenv("BAGREPRO_CACHE", str(tmp_path))
     recipe = training.TrainRecipe(epochs=1, batch_size=6, bn_recalibration_images=12, seed=1)
@@ -246,7 +247,7 @@ def test_training_is_reproducible_and_cached(tiny_world, tmp_path, monkeypatch):
 
 
 def test_evaluation_helpers(tiny_world):
-    from bagrepro import training
+    from bagrepro.demo import training
 
     class Oracle(nn.Module):  # predicts class 0 everywhere
         def forward(self, x):
@@ -259,3 +260,31 @@ def test_evaluation_helpers(tiny_world):
     assert groups["arrangement"] == 0 and groups["all"] == pytest.approx(accuracy)
     with pytest.raises(ConfigError):
         training.get_trained("no_such_model", tiny_world)
+
+
+def test_demo_zoo_entries_name_a_known_family_and_a_role():
+    recipe = DEMO_ZOO["demo_vgg16"].recipe
+    with pytest.raises(ConfigError, match="family 'mlp' is unknown; families: bagnet, vgg"):
+        DemoModel("mlp", {}, recipe, ("vgg16",), "x")
+    with pytest.raises(ConfigError, match="paper role"):
+        DemoModel("vgg", {}, recipe, (), "x")
+    assert DEMO_ZOO["demo_vgg16"].architecture["family"] == "vgg"
+    assert isinstance(DEMO_ZOO["demo_bagnet9"].build(12), nn.Module)
+
+
+# The cache keys of the demo world and the demo zoo as every release so far has written them: a change
+# here orphans every user's cache (minutes of retraining), so it must be deliberate (bump
+# GENERATOR_VERSION or TRAINING_VERSION, or change a recipe, and update these).
+PINNED_WORLD = "9bf5c18b866e"
+PINNED_MODELS = {"demo_bagnet9": "89df10e66ddb", "demo_bagnet17": "a079d7286352", "demo_bagnet33": "f0c7eb5b7a8e",
+                 "demo_vgg16": "0234239cec39", "demo_resnet50": "f3e436949337", "demo_densenet169": "9174d800c341"}
+
+
+def test_cache_keys_are_pinned(tmp_path, monkeypatch):
+    from bagrepro.demo import training
+
+    monkeypatch.setenv("BAGREPRO_CACHE", str(tmp_path))
+    world = store.DemoWorld(store.DEMO_WORLD, {})  # the keys need the config only
+    assert store.world_path(store.DEMO_WORLD) == tmp_path / f"world-{PINNED_WORLD}" / "world.npz"
+    assert {name: training.model_key(name, world, training.default_recipe(name)) for name in DEMO_ZOO} == PINNED_MODELS
+    assert training.model_path("demo_bagnet9", world) == tmp_path / "demo-zoo" / f"demo_bagnet9-{PINNED_MODELS['demo_bagnet9']}.pt"

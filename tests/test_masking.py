@@ -135,3 +135,40 @@ def test_pearson_r_is_one_for_a_bagnet_beyond_q():
     terms = pd.DataFrame({"model": "m", "role": "bagnet9", "patch_size": 12, "min_distance": 12,
                           "lhs": lhs.numpy(), "rhs": rhs.numpy()})
     assert correlations(terms)["pearson_r"].iloc[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_new_attribution_method_is_one_function_and_a_setting(tmp_path, monkeypatch):
+    """Register a method (one decorated function), name it in the masking setting ``white_box``
+    through a profile, and the experiment masks patches in its order: no other edit."""
+    import dataclasses
+
+    import pandas as pd
+
+    import run_all
+    from bagrepro import attribution, profiles
+
+    @attribution.register_attribution("test_input_x_gradient", passes="1 forward + 1 backward")
+    def input_x_gradient(net, images, targets):
+        """Gradient x input (captum InputXGradient): a method the paper did not use."""
+        from captum.attr import InputXGradient
+
+        return InputXGradient(net).attribute(images.requires_grad_(True), target=targets)
+
+    try:
+        settings = {"masking": {"num_images": 2, "steps": 3, "random_seeds": 1, "tested_roles": ("vgg16",),
+                                "white_box": ("saliency", "test_input_x_gradient")}}
+        smoke = dataclasses.replace(profiles.PROFILES["smoke"], settings=profiles.frozen(settings))
+        monkeypatch.setitem(profiles.PROFILES, "smoke", smoke)
+        assert run_all.main(["--profile", "smoke", "--experiment", "masking", "--models", "smoke_vgg16",
+                             "smoke_bagnet9", "smoke_bagnet17", "smoke_bagnet33", "--quiet",
+                             "--out", str(tmp_path)]) == 0
+    finally:
+        attribution.unregister_attribution("test_input_x_gradient")
+    curves = pd.read_csv(tmp_path / "results" / "masking" / "curves.csv")
+    assert list(dict.fromkeys(curves["method"])) == ["saliency", "test_input_x_gradient", "bagnet9", "bagnet17",
+                                                     "bagnet33", "random"]
+    ours = curves[curves["method"] == "test_input_x_gradient"]
+    assert len(ours) == 2 * 4 and ours["probability"].between(0, 1).all()
+    # k = 0 is the clean image whatever the order: the same probability for every method
+    clean = curves[curves["k"] == 0].groupby("image_id")["probability"]
+    assert ((clean.max() - clean.min()) < 1e-5).all()

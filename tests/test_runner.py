@@ -136,7 +136,7 @@ def test_accuracy_of_a_constant_model_is_the_class_share(tmp_path):
 
 
 def test_finished_units_are_reused_and_force_recomputes(tmp_path, monkeypatch):
-    import experiments.accuracy as accuracy
+    from bagrepro import predictions
 
     assert run_cli(tmp_path, *SMOKE_ACCURACY, "--models", "smoke_bagnet9", "smoke_vgg16") == 0
     first = pd.read_csv(tmp_path / "results" / "accuracy" / "predictions.csv")
@@ -144,7 +144,7 @@ def test_finished_units_are_reused_and_force_recomputes(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(accuracy, "predict", must_not_run)
+    monkeypatch.setattr(predictions, "predict", must_not_run)
     assert run_cli(tmp_path, *SMOKE_ACCURACY, "--models", "smoke_bagnet9", "smoke_vgg16") == 0
     pd.testing.assert_frame_equal(first, pd.read_csv(tmp_path / "results" / "accuracy" / "predictions.csv"))
     with pytest.raises(AssertionError, match="recomputed"):
@@ -152,16 +152,16 @@ def test_finished_units_are_reused_and_force_recomputes(tmp_path, monkeypatch):
 
 
 def test_interrupted_run_keeps_finished_units_and_no_half_written_csv(tmp_path, monkeypatch):
-    import experiments.accuracy as accuracy
+    from bagrepro import predictions
 
-    original = accuracy.predict
+    original = predictions.predict
 
-    def interrupted_on_second_model(model, images, ctx, name):
-        if name == "smoke_vgg16":
+    def interrupted_on_second_model(ctx, model, images, desc):
+        if desc == "smoke_vgg16":
             raise KeyboardInterrupt
-        return original(model, images, ctx, name)
+        return original(ctx, model, images, desc)
 
-    monkeypatch.setattr(accuracy, "predict", interrupted_on_second_model)
+    monkeypatch.setattr(predictions, "predict", interrupted_on_second_model)
     assert run_cli(tmp_path, *SMOKE_ACCURACY, "--models", "smoke_bagnet9", "smoke_vgg16") == 130
     results = tmp_path / "results" / "accuracy"
     assert not (results / "predictions.csv").exists()
@@ -227,7 +227,7 @@ def test_custom_profile_runs_a_user_model_on_a_user_image_folder(tmp_path):
     source = tmp_path / "my_models.py"
     source.write_text(textwrap.dedent("""
         from torch import nn
-        from bagrepro.data.transforms import Preprocess
+        from bagrepro.models.preprocess import Preprocess
         from bagrepro.models import register_model
 
         @register_model("user_folder_test", num_classes=2, preprocess=Preprocess(resize=36, crop=32))

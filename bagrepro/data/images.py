@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bagrepro.errors import DataError
+from bagrepro.errors import DataError, one_line
 
 #: File extensions (lower case) that count as images when scanning folders.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
@@ -19,10 +19,6 @@ def is_image_file(name: str) -> bool:
     Hidden names are skipped so that macOS ``._name.JPEG`` resource forks are not taken for images.
     """
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -57,4 +53,4 @@ def open_rgb(path) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {_one_line(exc)}") from None
+        raise DataError(f"cannot read image {path}: {one_line(exc) or type(exc).__name__}") from None

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.transforms import IMAGENET, Preprocess
+from .preprocess import IMAGENET, Preprocess
 from ..errors import ConfigError
 from .weights import WeightsSpec, load_pretrained
 

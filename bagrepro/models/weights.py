@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bagrepro.errors import WeightsError
+from bagrepro.errors import WeightsError, one_line
 
 __all__ = [
     "WeightsSpec",
@@ -42,12 +42,6 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^-]*$")
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 _CHUNK = 1 << 20
 _MAX_LISTED = 5
-
-
-def _one_line(text: object, limit: int = 200) -> str:
-    """Collapse whitespace in ``text`` to single spaces and cut it to ``limit`` characters."""
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def hash_prefix_from_filename(filename: str) -> str | None:
@@ -104,7 +98,7 @@ def _sha256(path: pathlib.Path) -> str:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
     except OSError as e:
-        raise WeightsError(f"cannot read weights file {path} ({_one_line(e.strerror or e)})") from e
+        raise WeightsError(f"cannot read weights file {path} ({one_line(e.strerror or e, 200)})") from e
     return h.hexdigest()
 
 
@@ -130,7 +124,7 @@ def _download(spec: WeightsSpec, dst: pathlib.Path, progress: bool) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsError(
-            f"cannot create weights cache folder {dst.parent} ({_one_line(e.strerror or e)}); "
+            f"cannot create weights cache folder {dst.parent} ({one_line(e.strerror or e, 200)}); "
             f"set TORCH_HOME to a writable folder or pass --weights-dir DIR"
         ) from e
     old_timeout = socket.getdefaulttimeout()
@@ -144,7 +138,7 @@ def _download(spec: WeightsSpec, dst: pathlib.Path, progress: bool) -> None:
         # HTTPError reads best whole ("HTTP Error 404: Not Found"); URLError wraps the socket error.
         reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
         raise WeightsError(
-            f"cannot download weights from {spec.url} ({_one_line(reason) or type(e).__name__}); {hint}"
+            f"cannot download weights from {spec.url} ({one_line(reason, 200) or type(e).__name__}); {hint}"
         ) from e
     except RuntimeError as e:
         if "invalid hash value" not in str(e):
@@ -194,7 +188,7 @@ def _unpickling_reason(e: BaseException) -> str | None:
     _, _, rest = text.partition("WeightsUnpickler error:")
     rest = rest.strip() or text
     first = rest.splitlines()[0].strip()
-    return _one_line(first.split(". ")[0].rstrip("."), 160)
+    return one_line(first.split(". ")[0].rstrip("."), 160)
 
 
 def _read_checkpoint(path: pathlib.Path) -> object:
@@ -202,14 +196,14 @@ def _read_checkpoint(path: pathlib.Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
-        raise WeightsError(f"cannot read weights file {path} ({_one_line(e.strerror or e)})") from e
+        raise WeightsError(f"cannot read weights file {path} ({one_line(e.strerror or e, 200)})") from e
     except Exception as e:  # torch.load raises many types on foreign or corrupt files
         reason = _unpickling_reason(e)
         if reason is not None:
             raise WeightsError(
                 f"{path} is not a plain state_dict that torch.load(weights_only=True) accepts ({reason})"
             ) from e
-        detail = _one_line(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 160)
+        detail = one_line(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 160)
         raise WeightsError(f"{path} is not a PyTorch checkpoint file ({detail})") from e
 
 
@@ -282,7 +276,7 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sourc
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise WeightsError(f"{source} cannot be loaded into {type(model).__name__} ({_one_line(e)})") from e
+        raise WeightsError(f"{source} cannot be loaded into {type(model).__name__} ({one_line(e, 200)})") from e
 
 
 def load_pretrained(

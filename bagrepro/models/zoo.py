@@ -1,5 +1,7 @@
 """Zoo entries: the paper's models (released BagNets, torchvision IMAGENET1K_V1) and smoke stand-ins.
 
+(The demo zoo is a plugin: :mod:`bagrepro.demo.zoo`, registered when the demo profile is used.)
+
 The paper predates torchvision's V2 weights, so every comparison model names its ``IMAGENET1K_V1``
 weights explicitly (``DEFAULT`` now means V2 for ResNet-50, 80.86% instead of 76.13% top-1).
 """
@@ -15,8 +17,8 @@ from torchvision.models import densenet as tv_densenet
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import vgg as tv_vgg
 
-from ..data.transforms import Preprocess
 from .bagnet import bagnet, reduced_bagnet
+from .preprocess import Preprocess
 from .registry import register_model
 from .weights import WeightsSpec
 
@@ -106,33 +108,3 @@ def smoke_densenet169(num_classes: int = SMOKE_CLASSES):
     """torchvision's DenseNet (functional ReLU at the end), tiny growth rate and blocks."""
     return tv_densenet.DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2,
                                 num_classes=num_classes)
-
-
-# ---- the demo zoo: trained on the demo world by bagrepro.training (cached) ---------------------------
-def _trained_on_demo_world(model, spec, weights_dir, progress: bool, force: bool) -> str:
-    """Weights loader of the demo zoo: train on the demo world (or reuse the cached training)."""
-    from ..data.demo import demo_world
-    from ..training import get_trained, model_path
-
-    world = demo_world()
-    model.load_state_dict(get_trained(spec.name, world, force=force, progress=progress).state_dict())
-    return f"trained by bagrepro.training on demo world {world.config.fingerprint}: {model_path(spec.name, world)}"
-
-
-def _register_demo_zoo() -> None:
-    from ..data.demo import DEMO_WORLD
-    from ..data.demo_world import WORLD_MEAN, WORLD_STD
-    from .demo_zoo import DEMO_ARCHITECTURES, DEMO_CONFIGS, PAPER_COUNTERPARTS
-
-    preprocess = Preprocess(resize=None, crop=None, mean=WORLD_MEAN, std=WORLD_STD)
-    for name, builder in DEMO_ARCHITECTURES.items():
-        config = DEMO_CONFIGS[name]
-        q = config["q"] if config["family"] == "bagnet" else None
-        counterpart = PAPER_COUNTERPARTS[name]
-        paper_name = f"BagNet-{q} (demo)" if q else f"{_TORCHVISION_MODELS[counterpart][2]} (demo)"
-        register_model(name, num_classes=DEMO_WORLD.num_classes, preprocess=preprocess, receptive_field=q,
-                       weights_loader=_trained_on_demo_world, paper_name=paper_name,
-                       )(lambda num_classes=DEMO_WORLD.num_classes, _builder=builder: _builder(num_classes))
-
-
-_register_demo_zoo()

@@ -1,4 +1,4 @@
-"""The demo world: a generated, labelled image set in which the paper's contrasts are visible.
+"""Rendering the demo world: a generated, labelled image set in which the paper's contrasts are visible.
 
 Every image is a cluttered scene (a smooth, noisy background, flat distractor shapes, scattered
 single dots) with the evidence of its class painted on top. Three kinds of class:
@@ -25,348 +25,25 @@ the lattice dots, the two arrangement parts); evidence is painted last, so nothi
 occludes it. :func:`render_images` with ``evidence=False`` draws the same scenes without the
 evidence, for checks.
 
-Splits (train / val / test) use independent random streams derived from the seed; image ids are
-``"<split>-<index>"``. The world is cached under ``cache_dir()/world-<hash>/world.npz`` (compressed)
-and rebuilt from the seed when missing (a few seconds).
-
-Shapes: ``images`` uint8 [N, S, S, 3]; ``labels`` int64 [N]; ``masks`` bool [N, S, S]; ``ids`` str [N].
-As tensors: :meth:`WorldSplit.tensor` (float32 [N, 3, S, S] in [0, 1]) and
-:meth:`WorldSplit.normalized` (minus :data:`WORLD_MEAN`, over :data:`WORLD_STD`).
+:func:`render_images` draws one image per label from a random generator (the world's splits are
+drawn by :mod:`bagrepro.demo.store`); :func:`save_example_grid` draws a labelled grid of examples.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import tempfile
-from dataclasses import dataclass, field
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import cache_dir, config_hash
-from ..errors import ConfigError
+from ..atomic import atomic_path
+from ..models.bagnet import BAGNET_STRIDE
+from .spec import ARRANGEMENTS, DOT_GAP, LATTICE_DROP, LATTICES, TEXTURES, WorldConfig, arrangement_lattice
 
-#: bump when the generator changes what it draws: it is part of the cache key of worlds and models
-GENERATOR_VERSION = 2
 
-#: per-channel mean / std of the default world's training images (RGB in [0, 1]); the demo zoo's
-#: inputs are ``(x - WORLD_MEAN) / WORLD_STD``
-WORLD_MEAN = (0.498, 0.487, 0.480)
-WORLD_STD = (0.175, 0.170, 0.172)
-
-SPLITS = ("train", "val", "test")
-GROUPS = ("local", "arrangement")
-
-#: BagNets see input windows on a grid of stride 8
-STRIDE = 8
-#: lattice classes: dots ``lattice_dot`` px wide, DOT_GAP px apart (no 9 px window holds two dots)
-DOT_GAP = 8
-
-
-@dataclass(frozen=True)
-class TextureSpec:
-    """A texture class: pattern kind, wave-vector angle (degrees), period (px), two RGB colours."""
-
-    name: str
-    kind: str
-    angle: float
-    period: float
-    foreground: tuple[float, float, float]
-    background: tuple[float, float, float]
-
-
-#: the texture vocabulary, in class order (every definition is unchanged by horizontal/vertical flips)
-TEXTURES = (
-    TextureSpec("vertical-stripes", "stripes", 0.0, 6.0, (0.95, 0.82, 0.15), (0.12, 0.10, 0.10)),
-    TextureSpec("horizontal-stripes", "stripes", 90.0, 6.0, (0.95, 0.82, 0.15), (0.12, 0.10, 0.10)),
-    TextureSpec("checkerboard", "checker", 0.0, 8.0, (0.95, 0.95, 0.95), (0.15, 0.30, 0.70)),
-    TextureSpec("polka-dots", "dots", 0.0, 7.0, (0.97, 0.96, 0.88), (0.72, 0.10, 0.16)),
-    TextureSpec("waves", "waves", 0.0, 7.0, (0.15, 0.60, 0.22), (0.88, 0.94, 0.82)),
-    TextureSpec("cross-hatch", "hatch", 45.0, 7.0, (0.62, 0.16, 0.64), (0.95, 0.90, 0.95)),
-)
-
-#: the lattice classes: dots on a grid of pitch lattice_dot + DOT_GAP at (row i, column j), kept where
-#: this rule holds
-LATTICES = {
-    "dot-rows": lambda i, j: i % 2 == 0,  # rows 2 pitches apart, dots 1 pitch apart along a row
-    "dot-columns": lambda i, j: j % 2 == 0,
-    "dot-diagonal": lambda i, j: (i + j) % 2 == 0,  # a quincunx: nearest neighbours on the diagonals
-}
-#: share of lattice dots left out at random (the same in every lattice class)
-LATTICE_DROP = 0.15
-
-
-#: the arrangement classes: which cells of the 2 x 2 lattice (row, col) the two parts occupy;
-#: each class lists its alternatives (drawn with equal probability)
-ARRANGEMENTS = {
-    "pair-side-by-side": (((0, 0), (0, 1)), ((1, 0), (1, 1))),
-    "pair-stacked": (((0, 0), (1, 0)), ((0, 1), (1, 1))),
-    "pair-diagonal": (((0, 0), (1, 1)), ((0, 1), (1, 0))),
-}
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Everything that determines a demo world (its hash names the cache entry).
-
-    seed: the world's seed; image_size: side S in px (S - 1 must be a multiple of 8, so the windows
-    of every BagNet-q, q in 9/17/33, tile the image exactly); *_per_class: images per class in each
-    split; textures / lattices / arrangements: how many classes of each kind (the first n of
-    :data:`TEXTURES`, :data:`LATTICES`, :data:`ARRANGEMENTS`); guard: the arrangement classes are
-    invisible to BagNets with q <= guard (at least guard - 1 px between the parts, at least guard px
-    from the borders); part_size: side of the arrangement parts in px; lattice_dot: side of the lattice
-    classes' dots (and of the distractor dots) in px; distractor_shapes / distractor_dots: clutter
-    per image.
-    """
-
-    seed: int = 0
-    image_size: int = 73
-    train_per_class: int = 250
-    val_per_class: int = 25
-    test_per_class: int = 75
-    textures: int = 6
-    lattices: int = 3
-    arrangements: int = 3
-    guard: int = 17
-    part_size: int = 8
-    lattice_dot: int = 4
-    distractor_shapes: int = 7
-    distractor_dots: int = 4
-
-    def __post_init__(self):
-        if not 2 * self.guard + 16 <= self.image_size <= 128 or (self.image_size - 1) % STRIDE:
-            raise ConfigError(f"demo world image_size {self.image_size}: must be 8k + 1 px, at most 128 "
-                              f"and at least 2 * guard + 16")
-        if not (0 <= self.textures <= len(TEXTURES) and 0 <= self.lattices <= len(LATTICES)
-                and self.arrangements in (0, 2, 3)):
-            raise ConfigError(f"demo world class counts: textures 0..{len(TEXTURES)}, lattices 0..{len(LATTICES)}, "
-                              f"arrangements 0, 2 or 3 (got {self.textures}, {self.lattices}, {self.arrangements})")
-        if self.textures + self.lattices + self.arrangements < 2:
-            raise ConfigError("a demo world needs at least two classes")
-        if min(self.train_per_class, self.val_per_class, self.test_per_class) < 1:
-            raise ConfigError("a demo world needs at least one image per class in every split")
-        if self.arrangements:
-            arrangement_lattice(self)  # raises when the lattice does not fit
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return (tuple(t.name for t in TEXTURES[:self.textures]) + tuple(list(LATTICES)[:self.lattices])
-                + tuple(list(ARRANGEMENTS)[:self.arrangements]))
-
-    @property
-    def class_kinds(self) -> tuple[str, ...]:
-        """'texture', 'lattice' or 'arrangement' per class."""
-        return ("texture",) * self.textures + ("lattice",) * self.lattices + ("arrangement",) * self.arrangements
-
-    @property
-    def class_groups(self) -> tuple[str, ...]:
-        """'local' (texture and lattice classes) or 'arrangement' per class."""
-        return tuple("arrangement" if kind == "arrangement" else "local" for kind in self.class_kinds)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_kinds)
-
-    def per_class(self, split: str) -> int:
-        return {"train": self.train_per_class, "val": self.val_per_class, "test": self.test_per_class}[split]
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of the config and the generator version: names the cached world and enters model keys."""
-        return config_hash(self, {"generator_version": GENERATOR_VERSION})
-
-
-def arrangement_lattice(config: WorldConfig) -> tuple[int, int]:
-    """(origin, spacing) of the arrangement parts' 2 x 2 lattice, in px.
-
-    A part's top-left corner lies at ``origin + cell * spacing + jitter`` on each axis, with cell in
-    {0, 1} and jitter in [0, 8). spacing is the smallest multiple of 8 that leaves at least
-    ``guard - 1`` px between the parts, so that no window of ``guard`` px holds pixels of both (it
-    would have to span gap + 2 px); origin centres the lattice, which must leave at least ``guard``
-    px to every border.
-    """
-    size, part, guard = config.image_size, config.part_size, config.guard
-    spacing = STRIDE * math.ceil((part + guard - 1) / STRIDE)
-    extent = spacing + STRIDE - 1 + part
-    origin = (size - extent) // 2
-    if origin < guard or size - (origin + extent) < guard:
-        raise ConfigError(f"demo world: arrangement parts of {part} px with guard {guard} need images of at "
-                          f"least {2 * guard + extent} px (got {size})")
-    return origin, spacing
-
-
-# ---- the world -----------------------------------------------------------------------------------
-
-@dataclass
-class WorldSplit:
-    """One split. images uint8 [N, S, S, 3]; labels int64 [N]; masks bool [N, S, S]; ids str [N]."""
-
-    name: str
-    images: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-    ids: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def tensor(self, indices=None) -> torch.Tensor:
-        """Images as float32 [N, 3, S, S] in [0, 1] (all, or those at ``indices``)."""
-        return to_tensor(self.images if indices is None else self.images[indices])
-
-    def normalized(self, indices=None) -> torch.Tensor:
-        """Images as the demo zoo's inputs: float32 [N, 3, S, S], normalised per channel."""
-        return normalize(self.tensor(indices))
-
-    def label_tensor(self, indices=None) -> torch.Tensor:
-        """Labels as int64 [N]."""
-        return torch.from_numpy(self.labels if indices is None else self.labels[indices])
-
-    def mask_tensor(self, indices=None) -> torch.Tensor:
-        """Evidence masks as bool [N, S, S]."""
-        return torch.from_numpy(self.masks if indices is None else self.masks[indices])
-
-    def image_ids(self, indices=None) -> list[str]:
-        return [str(i) for i in (self.ids if indices is None else self.ids[indices])]
-
-
-@dataclass
-class DemoWorld:
-    """A generated world: its config, class names / kinds / groups and the three splits."""
-
-    config: WorldConfig
-    splits: dict[str, WorldSplit] = field(repr=False)
-
-    @property
-    def train(self) -> WorldSplit:
-        return self.splits["train"]
-
-    @property
-    def val(self) -> WorldSplit:
-        return self.splits["val"]
-
-    @property
-    def test(self) -> WorldSplit:
-        return self.splits["test"]
-
-    def split(self, name: str) -> WorldSplit:
-        if name not in self.splits:
-            raise ConfigError(f"unknown demo world split '{name}'; choose from {', '.join(SPLITS)}")
-        return self.splits[name]
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.config.class_names
-
-    @property
-    def class_kinds(self) -> tuple[str, ...]:
-        return self.config.class_kinds
-
-    @property
-    def class_groups(self) -> tuple[str, ...]:
-        return self.config.class_groups
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    def classes_in_group(self, group: str) -> list[int]:
-        """Class indices of a group ('local', 'arrangement', or a kind: 'texture', 'lattice')."""
-        if group == "all":
-            return list(range(self.num_classes))
-        found = [c for c in range(self.num_classes) if group in (self.class_groups[c], self.class_kinds[c])]
-        if not found and group not in GROUPS + ("texture", "lattice"):
-            raise ConfigError(f"unknown class group '{group}'; choose from all, local, arrangement, texture, lattice")
-        return found
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, S, S, 3] -> float32 [N, 3, S, S] in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """float [N, 3, S, S] in [0, 1] -> (x - WORLD_MEAN) / WORLD_STD per channel."""
-    mean = torch.tensor(WORLD_MEAN, dtype=images.dtype, device=images.device)[:, None, None]
-    std = torch.tensor(WORLD_STD, dtype=images.dtype, device=images.device)[:, None, None]
-    return (images - mean) / std
-
-
-def world_path(config: WorldConfig) -> Path:
-    """Where the world of ``config`` is cached."""
-    return cache_dir() / f"world-{config.fingerprint}" / "world.npz"
-
-
-def make_world(config: WorldConfig | None = None, cache: bool = True, force: bool = False) -> DemoWorld:
-    """The demo world of ``config`` (default: :class:`WorldConfig()`), from the cache or generated.
-
-    cache: read and write ``cache_dir()/world-<hash>/world.npz``; force: regenerate even if cached.
-    """
-    config = config or WorldConfig()
-    path = world_path(config)
-    if cache and not force and path.exists():
-        try:
-            return _load_world(config, path)
-        except (OSError, ValueError, KeyError) as error:  # a damaged entry: rebuild it
-            print(f"warning: rebuilding the demo world cache {path} ({error})")
-    world = generate_world(config)
-    if cache:
-        _save_world(world, path)
-    return world
-
-
-def generate_world(config: WorldConfig | None = None) -> DemoWorld:
-    """Generate the world of ``config`` (no cache)."""
-    config = config or WorldConfig()
-    splits = {}
-    for split_index, split in enumerate(SPLITS):
-        rng = np.random.default_rng(np.random.SeedSequence([config.seed, split_index]))
-        labels = np.repeat(np.arange(config.num_classes, dtype=np.int64), config.per_class(split))
-        labels = labels[rng.permutation(len(labels))]
-        images, masks = render_images(config, labels, rng)
-        ids = np.array([f"{split}-{i:05d}" for i in range(len(labels))])
-        splits[split] = WorldSplit(split, images, labels, masks, ids)
-    return DemoWorld(config, splits)
-
-
-def _save_world(world: DemoWorld, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for name, split in world.splits.items():
-        arrays.update({f"{name}_images": split.images, f"{name}_labels": split.labels,
-                       f"{name}_masks": np.packbits(split.masks, axis=-1), f"{name}_ids": split.ids})
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".world-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _load_world(config: WorldConfig, path: Path) -> DemoWorld:
-    size = config.image_size
-    splits = {}
-    with np.load(path, allow_pickle=False) as data:
-        for name in SPLITS:
-            masks = np.unpackbits(data[f"{name}_masks"], axis=-1, count=size).astype(bool)
-            splits[name] = WorldSplit(name, data[f"{name}_images"], data[f"{name}_labels"].astype(np.int64),
-                                      masks, data[f"{name}_ids"])
-            expected = config.num_classes * config.per_class(name)
-            if len(splits[name]) != expected or splits[name].images.shape[1:] != (size, size, 3):
-                raise ValueError(f"split {name} holds {len(splits[name])} images, expected {expected}")
-    return DemoWorld(config, splits)
-
-
-# ---- rendering -----------------------------------------------------------------------------------
+# ---- painting ------------------------------------------------------------------------------------
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Vectorised HSV (each in [0, 1]) -> RGB [..., 3]."""
@@ -553,7 +230,7 @@ def _paint_arrangements(rng, image, mask, labels, config: WorldConfig, evidence:
     first = config.textures + config.lattices
     alternative = rng.integers(0, 2, n)
     swap = rng.integers(0, 2, n)
-    jitter = rng.integers(0, STRIDE, (n, 2))
+    jitter = rng.integers(0, BAGNET_STRIDE, (n, 2))
     if not evidence or not config.arrangements:
         return
     origin, spacing = arrangement_lattice(config)
@@ -600,10 +277,11 @@ def render_images(config: WorldConfig, labels: np.ndarray, rng: np.random.Genera
 
 # ---- pictures ------------------------------------------------------------------------------------
 
-def save_example_grid(world: DemoWorld, path, split: str = "train", per_class: int = 4,
+def save_example_grid(world, path, split: str = "train", per_class: int = 4,
                       show_masks: bool = True, dpi: int = 100) -> Path:
-    """A labelled grid of examples: one row per class, ``per_class`` images, and (show_masks) the
-    first example's evidence mask as an overlay. Written as a palette PNG (small), returns the path."""
+    """A labelled grid of examples of ``world`` (a :class:`~bagrepro.demo.store.DemoWorld`): one row
+    per class, ``per_class`` images, and (show_masks) the first example's evidence mask as an overlay.
+    Written as a palette PNG (small), returns the path."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -638,11 +316,12 @@ def save_example_grid(world: DemoWorld, path, split: str = "train", per_class: i
                  y=1 - 0.12 / height)
     fig.subplots_adjust(left=1.8 / width, right=1 - 0.05 / width, top=1 - 0.55 / height, bottom=0.1 / height,
                         wspace=0.05, hspace=0.05)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp.png")
-    fig.savefig(temp, dpi=dpi)
+    rendered = io.BytesIO()
+    fig.savefig(rendered, dpi=dpi, format="png")
     plt.close(fig)
-    Image.open(temp).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
-    temp.unlink()
+    rendered.seek(0)
+    palette = Image.open(rendered).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        palette.save(temporary, format="PNG", optimize=True)
     return path

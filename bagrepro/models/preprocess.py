@@ -1,6 +1,6 @@
 """Preprocessing: geometry (resize, crop) and normalisation, the one place for their constants.
 
-Images travel through bagrepro as float tensors in [0, 1], [B, 3, H, W]: masking, scrambling and
+A model's :class:`Preprocess` travels with its zoo entry (``ModelSpec.preprocess``). Images travel through bagrepro as float tensors in [0, 1], [B, 3, H, W]: masking, scrambling and
 texture synthesis work in that space. A model sees ``preprocess.normalize(images)``. Heatmaps pad with
 zeros in normalised space, as the released code does.
 """

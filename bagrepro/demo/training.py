@@ -1,18 +1,19 @@
 """Training the demo zoo on the demo world, deterministically on the CPU, with a cache.
 
-- :class:`TrainRecipe`: epochs, batch size, SGD settings, warm-up + cosine schedule, flips, seed.
-  :func:`default_recipe` gives each demo architecture's recipe (BagNets are slower per image, so
-  they get fewer epochs).
-- :func:`train_model`: trains one demo architecture on ``world.train``; the same seed gives the
-  same weights (seeded initialisation, a fixed data order and fixed flips drawn from a private
+- Recipes: each :data:`~bagrepro.demo.zoo.DEMO_ZOO` entry carries its :class:`TrainRecipe` (epochs,
+  batch size, optimiser settings, warm-up + cosine schedule, flips, seed); :func:`default_recipe`.
+- :func:`train_model`: trains one demo model on ``world.train``; the same seed gives the same
+  weights (seeded initialisation, a fixed data order and fixed flips drawn from a private
   generator, ``torch.use_deterministic_algorithms`` during training; the global RNG state of the
   caller is left as it was). After the last step BatchNorm statistics are re-estimated over the
   training images (the released BagNet stem has BatchNorm momentum 0.001, whose running averages
-  would still be far from the data after a few hundred steps).
+  would still be far from the data after a few hundred steps). Inputs are normalised with
+  :data:`~bagrepro.demo.spec.DEMO_PREPROCESS`.
 - :func:`get_trained`: the trained model from ``cache_dir()/demo-zoo/<name>-<hash>.pt`` (a plain
   state_dict; a ``.json`` beside it records training time and accuracies), training it first when
-  missing or when ``force``. The hash covers the recipe, the world (config and generator version),
-  the architecture name and its settings.
+  missing or when ``force``. The hash (:func:`model_key`) covers the recipe, the world (config and
+  generator version), the model's name and architecture, and the input normalisation.
+  :func:`trained_weights` is the registry's weights loader for the demo zoo.
 - :func:`evaluate`, :func:`predict`, :func:`group_accuracies`: accuracy overall and per class group.
 """
 
@@ -21,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,67 +32,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import cache_dir, config_hash
-from .data.demo_world import WORLD_MEAN, WORLD_STD, DemoWorld, normalize, to_tensor
-from .errors import ConfigError, WeightsError
-from .models.demo_zoo import DEMO_ARCHITECTURES, DEMO_CONFIGS
+from ..atomic import atomic_path
+from ..cache import cache_dir, config_hash
+from ..errors import ConfigError, WeightsError
+from .spec import DEMO_PREPROCESS
+from .store import DemoWorld, demo_world, to_tensor
+from .zoo import TrainRecipe, demo_model
 
 #: bump when training code changes what it produces: it is part of the cache key
 TRAINING_VERSION = 1
 
 
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How a demo model is trained.
-
-    optimizer: 'adamw' (beta1 = momentum) or 'sgd' (momentum, optionally Nesterov); weight decay
-    applies to weights, not to biases or normalisation parameters. The learning rate rises linearly
-    from 0 over ``warmup_epochs`` to ``lr`` and follows a half cosine to 0 at the end; the last
-    partial batch of an epoch is dropped. Augmentation: random horizontal / vertical flips (they
-    keep every demo-world class: textures, lattices and arrangements are all closed under flips).
-    channels_last: train in channels-last memory format (faster on CPUs; the weights returned are
-    ordinary contiguous tensors). bn_recalibration_images: training images used to re-estimate
-    BatchNorm statistics after training (0: keep the running averages).
-    """
-
-    epochs: int = 4
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.3
-    label_smoothing: float = 0.0
-    hflip: bool = True
-    vflip: bool = True
-    channels_last: bool = True
-    seed: int = 0
-    bn_recalibration_images: int = 1000
-
-
-#: the recipe of each demo architecture (bench/demo_zoo.py prints the accuracies and times it gives):
-#: BagNets cost 3-4x more per image than the deep models here (less downsampling), so they get
-#: fewer epochs; the small DenseNet needs a higher learning rate to learn the lattice classes in time
-DEMO_RECIPES: dict[str, TrainRecipe] = {
-    "demo_bagnet9": TrainRecipe(epochs=4),
-    "demo_bagnet17": TrainRecipe(epochs=4),
-    "demo_bagnet33": TrainRecipe(epochs=4),
-    "demo_vgg16": TrainRecipe(epochs=7),
-    "demo_resnet50": TrainRecipe(epochs=6),
-    "demo_densenet169": TrainRecipe(epochs=8, lr=3e-3),
-}
-
-
 def default_recipe(name: str) -> TrainRecipe:
-    """The recipe used for ``name`` when none is given."""
-    _check_name(name)
-    return DEMO_RECIPES.get(name, TrainRecipe())
-
-
-def _check_name(name: str) -> None:
-    if name not in DEMO_ARCHITECTURES:
-        raise ConfigError(f"unknown demo model '{name}'; choose from {', '.join(DEMO_ARCHITECTURES)}")
+    """The recipe used for ``name`` when none is given: its :data:`~bagrepro.demo.zoo.DEMO_ZOO` entry's."""
+    return demo_model(name).recipe
 
 
 @contextlib.contextmanager
@@ -153,8 +105,8 @@ def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
     :func:`default_recipe`); returns the model in eval mode. Deterministic for a given seed on a
     given machine and thread count. ``on_epoch(epoch, model)``, if given, is called after every
     epoch (for learning curves; it must leave the model's weights and mode as it found them)."""
-    _check_name(name)
-    recipe = recipe or default_recipe(name)
+    entry = demo_model(name)
+    recipe = recipe or entry.recipe
     train = world.train
     images_u8 = torch.from_numpy(train.images)  # [N, S, S, 3], converted per batch
     labels = train.label_tensor()
@@ -166,7 +118,7 @@ def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
     generator = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng(devices=[]), _deterministic():
         torch.manual_seed(recipe.seed)  # initialisation and dropout
-        model = DEMO_ARCHITECTURES[name](world.num_classes)
+        model = entry.build(world.num_classes)
         memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         decay, no_decay = [], []
@@ -188,7 +140,7 @@ def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
             order = torch.randperm(count, generator=generator)
             for batch in range(steps_per_epoch):
                 index = order[batch * recipe.batch_size:(batch + 1) * recipe.batch_size]
-                inputs = _augment(normalize(to_tensor(images_u8[index].numpy())), recipe, generator)
+                inputs = _augment(DEMO_PREPROCESS.normalize(to_tensor(images_u8[index].numpy())), recipe, generator)
                 inputs = inputs.contiguous(memory_format=memory_format)
                 targets = labels[index]
                 for group in optimiser.param_groups:
@@ -213,7 +165,7 @@ def train_model(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
         bar.close()
         if recipe.bn_recalibration_images:
             subset = torch.randperm(count, generator=generator)[:recipe.bn_recalibration_images]
-            images = normalize(to_tensor(train.images[subset.sort().values.numpy()]))
+            images = DEMO_PREPROCESS.normalize(to_tensor(train.images[subset.sort().values.numpy()]))
             recalibrate_batchnorm(model, images.contiguous(memory_format=memory_format))
     return model.to(memory_format=torch.contiguous_format).eval()
 
@@ -255,28 +207,15 @@ def group_accuracies(model: nn.Module, world: DemoWorld, split: str = "test",
 
 def model_key(name: str, world: DemoWorld, recipe: TrainRecipe) -> str:
     """Hash of everything that determines a trained demo model."""
-    return config_hash(recipe, world.config, world.config.fingerprint, name, DEMO_CONFIGS[name],
+    return config_hash(recipe, world.config, world.config.fingerprint, name, demo_model(name).architecture,
                        {"num_classes": world.num_classes, "training_version": TRAINING_VERSION,
-                        "input_mean": WORLD_MEAN, "input_std": WORLD_STD})
+                        "input_mean": DEMO_PREPROCESS.mean, "input_std": DEMO_PREPROCESS.std})
 
 
 def model_path(name: str, world: DemoWorld, recipe: TrainRecipe | None = None) -> Path:
     """Cache file of the trained model: ``cache_dir()/demo-zoo/<name>-<hash>.pt``."""
-    _check_name(name)
     recipe = recipe or default_recipe(name)
     return cache_dir() / "demo-zoo" / f"{name}-{model_key(name, world, recipe)}.pt"
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def read_training_record(name: str, world: DemoWorld, recipe: TrainRecipe | None = None) -> dict | None:
@@ -289,11 +228,11 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
                 progress: bool = True) -> nn.Module:
     """Demo model ``name`` trained on ``world`` with ``recipe`` (default: :func:`default_recipe`),
     from the cache or trained now (and cached) when missing or ``force``; in eval mode."""
-    _check_name(name)
-    recipe = recipe or default_recipe(name)
+    entry = demo_model(name)
+    recipe = recipe or entry.recipe
     path = model_path(name, world, recipe)
     if path.exists() and not force:
-        model = DEMO_ARCHITECTURES[name](world.num_classes)
+        model = entry.build(world.num_classes)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
@@ -309,9 +248,11 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
     seconds = time.perf_counter() - start
     record = {"name": name, "train_seconds": round(seconds, 2), "torch_threads": torch.get_num_threads(),
               "recipe": asdict(recipe), "world": asdict(world.config), "world_fingerprint": world.config.fingerprint,
-              "architecture": DEMO_CONFIGS[name], "val_accuracy": group_accuracies(model, world, "val")}
-    _atomic_write(path, lambda temp: torch.save(model.state_dict(), temp))
-    _atomic_write(path.with_suffix(".json"), lambda temp: Path(temp).write_text(json.dumps(record, indent=1)))
+              "architecture": entry.architecture, "val_accuracy": group_accuracies(model, world, "val")}
+    with atomic_path(path) as temporary:
+        torch.save(model.state_dict(), temporary)
+    with atomic_path(path.with_suffix(".json")) as temporary:
+        temporary.write_text(json.dumps(record, indent=1))
     if progress:
         accuracies = ", ".join(f"{group} {value:.3f}" for group, value in record["val_accuracy"].items()
                                if not math.isnan(value))  # NaN: an empty group
@@ -319,5 +260,15 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
     return model
 
 
-__all__ = ["DEMO_RECIPES", "TrainRecipe", "default_recipe", "evaluate", "get_trained", "group_accuracies",
-           "model_path", "predict", "read_training_record", "recalibrate_batchnorm", "train_model"]
+def trained_weights(model: nn.Module, spec, weights_dir, progress: bool, force: bool) -> str:
+    """The demo zoo's weights loader (a :data:`bagrepro.models.registry.WeightsLoader`): puts the
+    weights of ``spec.name`` trained on the demo profile's world (:func:`get_trained`: from the cache,
+    or trained now) into ``model``; returns their provenance. ``weights_dir`` is not used."""
+    world = demo_world()
+    model.load_state_dict(get_trained(spec.name, world, force=force, progress=progress).state_dict())
+    return f"trained by bagrepro.demo.training on demo world {world.config.fingerprint}: {model_path(spec.name, world)}"
+
+
+__all__ = ["TRAINING_VERSION", "TrainRecipe", "default_recipe", "evaluate", "get_trained", "group_accuracies",
+           "model_key", "model_path", "predict", "read_training_record", "recalibrate_batchnorm", "train_model",
+           "trained_weights"]

@@ -1,0 +1,42 @@
+"""The demo plugin: a generated world, a demo zoo trained on it, and the demo profile.
+
+Importing this package registers the demo profile (torch-free, so ``run_all.py --help`` stays
+light); using the profile imports :mod:`bagrepro.demo.plugin`, which registers the demo zoo in the
+model registry and the demo world's test split as the image source ``'demo'``. Nothing in the core
+(``bagrepro.models``, ``bagrepro.data``, the methods, the harness) imports this package.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from ..profiles import Profile, frozen, register_profile
+from .zoo import DEMO_ZOO
+
+#: paper role -> demo model, from the zoo table (one VGG and one ResNet stand in for both sizes of each)
+DEMO_ROLES = {role: name for name, entry in DEMO_ZOO.items() for role in entry.roles}
+
+DEMO_PROFILE = register_profile(Profile(
+    name="demo",
+    description="the embedded default: a generated world and a demo zoo trained on it (offline, CPU, minutes)",
+    data="demo",
+    models=tuple(DEMO_ZOO),
+    stand_ins=MappingProxyType(DEMO_ROLES),
+    pretrained=True,
+    num_images=None,
+    batch_size=100,
+    accuracy_metric="top1",  # 12 classes: top-5 is 100 % for every model
+    plugin="bagrepro.demo.plugin",
+    settings=frozen({
+        "runtime": {"batch_size": 64, "repeats": 3, "warmup": 1},
+        "interactions": {"patch_sizes": (6, 8, 10, 12, 18, 24), "num_images": 60},
+        # 10 of 81 patches: the paper's share (100 of 784)
+        "masking": {"num_images": 24, "steps": 10, "random_seeds": 2, "ig_steps": 100},
+        "scrambling": {"grids": (2, 4, 8), "texture_steps": 100, "texture_images": 48,
+                       "texture_note": "100 Adam steps on the demo VGG-16 stand-in (trained on the demo world, "
+                                       "not ImageNet)"},
+        "heatmaps": {"num_images": 6, "ig_steps": 100},
+        "top_patches": {"num_classes": 3, "k": 7},
+        "misclassified": {"num_images": 4},
+    }),
+))
