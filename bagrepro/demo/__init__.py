@@ -13,8 +13,17 @@ from types import MappingProxyType
 from ..profiles import Profile, frozen, register_profile
 from .zoo import DEMO_ZOO
 
-#: paper role -> demo model, from the zoo table (one VGG and one ResNet stand in for both sizes of each)
-DEMO_ROLES = {role: name for name, entry in DEMO_ZOO.items() for role in entry.roles}
+
+
+def stand_ins(zoo: dict) -> dict[str, str]:
+    """Paper role -> zoo name for a table of :class:`~bagrepro.demo.zoo.DemoModel` entries: each
+    entry's roles; an entry's own role (its first) wins over another entry that also covers it."""
+    return ({role: name for name, entry in zoo.items() for role in entry.roles[1:]}
+            | {entry.role: name for name, entry in zoo.items()})
+
+
+#: paper role -> demo model (one VGG and one ResNet stand in for both sizes of each)
+DEMO_ROLES = stand_ins(DEMO_ZOO)
 
 DEMO_PROFILE = register_profile(Profile(
     name="demo",

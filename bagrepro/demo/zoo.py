@@ -65,8 +65,9 @@ class DemoModel:
     :mod:`~bagrepro.demo.architectures`, ``builder(settings, num_classes) -> nn.Module``); settings:
     the builder's settings. Family and settings (:attr:`architecture`) enter the cache key of the
     trained weights, so changing either retrains. recipe: how it is trained; roles: the paper models
-    it stands in for ('bagnet33', 'vgg16', ...; the first is its own, and the paper's role order
-    decides when two entries claim one); paper_name: its display name in tables and figures.
+    it stands in for ('bagnet33', 'vgg16', ...): the first is its own, the others it covers while no
+    entry has them as its own (the demo VGG-16 also stands in for VGG-11); paper_name: its display
+    name in tables and figures.
     """
 
     family: str
