@@ -9,6 +9,8 @@
                                                         # units dealt to 4 GPUs, same CSVs
     python run_all.py --list                            # experiments, profiles, models
     python run_all.py --list --experiment masking       # an experiment's settings on a profile
+    python run_all.py --profile paper --data DIR --check-data
+                                                        # decode every image, list the unreadable ones
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, nargs="+", metavar="INDEX",
                         help="class indices for the class-wise figures (top_patches); default: a seeded choice")
     parser.add_argument("--limit", type=int, help="use N images (a fixed, class-balanced subset from --seed)")
+    parser.add_argument("--check-data", action="store_true",
+                        help="decode every image of --data (after --limit) fully, in parallel (a header alone "
+                             "does not reveal a truncated JPEG), print each unreadable file as '<path>: <reason>', "
+                             "then exit: 0 if all decode, 2 if any does not; runs no experiment, writes nothing")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="check every image once before the first experiment (as --check-data) and leave the "
+                             "unreadable ones out of the run; each experiment lists them in "
+                             "results/<experiment>/skipped.csv (without this flag an unreadable image stops the run)")
     parser.add_argument("--weights-dir", help="folder holding weight files you downloaded yourself")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the profile's)")
@@ -113,6 +123,11 @@ def main(argv=None) -> int:
             return 0
         options = RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)})
         from bagrepro import distributed
+
+        if options.check_data:
+            from bagrepro.runner import check_data
+
+            return check_data(options) if distributed.is_main() else 0  # under torchrun, rank 0 checks
 
         start = time.perf_counter()
         timings = run_stages(options, log=print if distributed.is_main() else lambda line: None)

@@ -31,6 +31,15 @@ def _jsonable(value):
     return value
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes (read in 1 MiB blocks); OSError if it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def config_hash(*parts, length: int = 12) -> str:
     """A short, stable SHA-256 hex digest of dataclasses / dicts / lists / scalars."""
     text = json.dumps([_jsonable(p) for p in parts], sort_keys=True, default=str)

@@ -8,10 +8,14 @@ image size and the class. Values: float32 compressed arrays [H, W] under
 
 from __future__ import annotations
 
+import sys
+import zipfile
+
 import numpy as np
 import torch
 
 from .cache import cache_dir, config_hash
+from .errors import one_line
 from .heatmaps import dense_heatmaps
 from .atomic import atomic_path
 
@@ -22,27 +26,47 @@ def _path(model, image_id: str, size: tuple[int, int], target: int):
     return cache_dir() / "heatmaps" / spec.name / f"{key}.npz"
 
 
+def _load(path, size: tuple[int, int]) -> torch.Tensor | None:
+    """The cached heatmap [H, W], or None when it is missing; a damaged file (truncated, corrupted, of
+    the wrong shape) is reported in one line, removed and computed again."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as arrays:
+            heatmap = torch.from_numpy(arrays["heatmap"])
+        if tuple(heatmap.shape) != size:
+            raise ValueError(f"shape {tuple(heatmap.shape)} instead of {size}")
+        return heatmap
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        print(f"[heatmaps] cached heatmap {path} is damaged ({one_line(error, 120) or type(error).__name__}): "
+              f"computing it again", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
+
+
 def cached_heatmaps(model, images: torch.Tensor, image_ids: list[str], targets: torch.Tensor) -> torch.Tensor:
     """Stride-1 heatmaps [B, H, W] (float32) of ``targets`` [B] for images [B, 3, H, W] in [0, 1].
 
     ``model``: a (fused) BagNet from the zoo (carries ``zoo_spec`` and ``weights_source``). Only the
-    missing ones are computed, in one batched dense pass.
+    missing (or damaged) ones are computed, in one batched dense pass.
     """
     size = tuple(images.shape[-2:])
     paths = [_path(model, i, size, t) for i, t in zip(image_ids, targets.tolist())]
     out = torch.empty(len(paths), *size)
-    missing = [b for b, path in enumerate(paths) if not path.is_file()]
+    missing = []
+    for b, path in enumerate(paths):
+        heatmap = _load(path, size)
+        if heatmap is None:
+            missing.append(b)
+        else:
+            out[b] = heatmap
     if missing:
         index = torch.tensor(missing)
         inputs = model.zoo_spec.preprocess.normalize(images[index])
         fresh = dense_heatmaps(model, inputs, targets=targets[index].to(inputs.device))[:, 0].cpu()
         for b, heatmap in zip(missing, fresh):
-            paths[b].parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(paths[b]) as temporary:
                 with open(temporary, "wb") as handle:
                     np.savez_compressed(handle, heatmap=heatmap.numpy())
             out[b] = heatmap
-    for b, path in enumerate(paths):
-        if b not in missing:
-            out[b] = torch.from_numpy(np.load(path)["heatmap"])
     return out

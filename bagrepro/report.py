@@ -36,6 +36,23 @@ def _metas(results_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.meta.json"))]
 
 
+def _images_text(meta: dict, noun: str = "") -> str:
+    """``N [noun]``, with ``(K unreadable skipped)`` when --skip-unreadable left K images out."""
+    skipped = meta.get("skipped_images") or 0
+    text = f"{meta.get('num_images', '')}{noun}"
+    return f"{text} ({skipped} unreadable skipped)" if skipped else text
+
+
+def _skipped_html(experiment: str, metas: list[dict]) -> str:
+    """A note under an experiment whose numbers stand on fewer images than --data holds."""
+    skipped = max((meta.get("skipped_images") or 0 for meta in metas), default=0)
+    if not skipped:
+        return ""
+    meta = next(meta for meta in metas if (meta.get("skipped_images") or 0) == skipped)
+    return (f'<p class="skipped">{html.escape(_images_text(meta, " images"))}: the numbers leave out images that could '
+            f"not be read (listed in <code>results/{html.escape(experiment)}/skipped.csv</code>).</p>")
+
+
 def _image_tag(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
@@ -69,7 +86,7 @@ def _provenance_html(sections: list[tuple[str, list[dict]]]) -> str:
     model_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in models.items())
     runs = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(ms[0].get('data', '')))}</td>"
-        f"<td>{ms[0].get('num_images', '')}</td><td>{ms[0].get('wall_time_s', '')}</td></tr>"
+        f"<td>{html.escape(_images_text(ms[0]))}</td><td>{ms[0].get('wall_time_s', '')}</td></tr>"
         for name, ms in sections if ms)
     return (f"<table>{rows}</table><h3>Models and weights</h3><table><tr><th>model</th><th>weights</th></tr>"
             f"{model_rows}</table><h3>Runs</h3><table><tr><th>experiment</th><th>data</th><th>images</th>"
@@ -104,6 +121,7 @@ figure { margin: .5em 0; } img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 td, th { border: 1px solid #ddd; padding: .2em .5em; text-align: left; }
 .notrun { color: #a00; font-weight: bold; } .question { font-style: italic; }
+.skipped { color: #a60; }
 .scope { background: #fff6e0; border-left: 4px solid #e0a000; padding: .5em 1em; }
 """
 
@@ -129,7 +147,7 @@ def build_report(out: Path, experiments) -> Path:
         metas = _metas(results) if results.is_dir() else []
         sections.append((experiment.name, metas))
         parts = [f'<h2 id="{experiment.name}">{html.escape(experiment.paper_ref)}: {html.escape(experiment.title)}</h2>',
-                 f'<p class="question">{html.escape(experiment.question)}</p>']
+                 f'<p class="question">{html.escape(experiment.question)}</p>', _skipped_html(experiment.name, metas)]
         pngs = sorted(figures.glob("*.png")) if figures.is_dir() else []
         if not metas or not pngs:
             parts.append(f'<p class="notrun">Not run: run <code>python run_all.py --experiment {experiment.name}</code>.</p>')

@@ -4,9 +4,12 @@ Layout of one experiment's folder ``results/<experiment>/``:
 
 - ``<table>.csv``: long format, one row per observation; written atomically (temp file + rename);
 - ``<table>.meta.json``: provenance (resolved config, profile, seed, versions, commit, device, time);
-- ``.units/<config hash>/<unit>.csv``: finished units (one model, or one model x method). A unit's file is
-  written atomically once the unit is complete, so its presence is the "done" marker; an interrupted
-  run loses at most the unit in flight, and a changed config hashes to a different folder.
+- ``.units/<config hash>/<unit>.csv`` (and ``<unit>.npz`` for arrays): finished units (one model, or
+  one model x method). A unit's file is written atomically once the unit is complete, then its
+  SHA-256 beside it (``<file>.sha256``): a file with a matching checksum is the "done" marker. An
+  interrupted run loses at most the unit in flight, a changed config hashes to a different folder,
+  and a damaged unit file (truncated, corrupted, or without its checksum) is reported in one line,
+  removed and computed again.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import json
 import platform
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
 from .atomic import atomic_path
+from .cache import file_sha256
 from .errors import DataError
 
 PACKAGES = ("torch", "torchvision", "captum", "numpy", "scipy", "pandas", "matplotlib")
@@ -88,7 +93,8 @@ def package_versions() -> dict[str, str]:
 
 
 class UnitStore:
-    """Finished units of one experiment under one config: ``folder/<unit>.csv``."""
+    """Finished units of one experiment under one config: ``folder/<unit>.csv`` (and ``.npz``), each
+    with its checksum ``<file>.sha256`` written after it (see the module docstring)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -97,11 +103,46 @@ class UnitStore:
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in unit)
         return self.folder / f"{safe}.csv"
 
+    @staticmethod
+    def _checksum_path(path: Path) -> Path:
+        return path.with_name(path.name + ".sha256")
+
+    def _seal(self, path: Path) -> None:
+        with atomic_path(self._checksum_path(path)) as temporary:
+            temporary.write_text(file_sha256(path) + "\n")
+
+    def _intact(self, path: Path) -> bool:
+        """Whether ``path`` is there with a matching checksum; a damaged file is reported in one line
+        and removed (so that it is computed again), a missing one is simply not done."""
+        checksum = self._checksum_path(path)
+        if not path.is_file():
+            checksum.unlink(missing_ok=True)
+            return False
+        try:
+            intact = checksum.read_text().strip() == file_sha256(path)
+        except OSError:  # no checksum: killed between the file and its checksum, or written by hand
+            intact = False
+        if not intact:
+            print(f"[units] {path} is damaged (its SHA-256 does not match {checksum.name}): computing it again",
+                  file=sys.stderr)
+            path.unlink(missing_ok=True)
+            checksum.unlink(missing_ok=True)
+        return intact
+
     def done(self, unit: str) -> bool:
-        return self._path(unit).is_file()
+        """Whether the unit's frame is there, intact, and so are its arrays if it has any."""
+        path = self._path(unit)
+        arrays = path.with_suffix(".npz")
+        if (arrays.exists() or self._checksum_path(arrays).exists()) and not self._intact(arrays):
+            path.unlink(missing_ok=True)  # a unit is its frame and its arrays: both are made again
+            self._checksum_path(path).unlink(missing_ok=True)
+            return False
+        return self._intact(path)
 
     def save(self, unit: str, frame: pd.DataFrame) -> None:
-        write_csv(frame, self._path(unit))
+        path = self._path(unit)
+        write_csv(frame, path)
+        self._seal(path)
 
     def load(self, unit: str) -> pd.DataFrame:
         return pd.read_csv(self._path(unit))
@@ -109,16 +150,21 @@ class UnitStore:
     def save_arrays(self, unit: str, arrays: dict) -> None:
         """Arrays that go with a unit (``<unit>.npz``); save them before the unit's frame, whose file
         marks the unit done."""
-        write_npz(arrays, self._path(unit).with_suffix(".npz"))
+        path = self._path(unit).with_suffix(".npz")
+        write_npz(arrays, path)
+        self._seal(path)
 
     def has_arrays(self, unit: str) -> bool:
-        """Whether ``<unit>.npz`` is there (arrays kept without a frame, e.g. a shared input set)."""
-        return self._path(unit).with_suffix(".npz").is_file()
+        """Whether ``<unit>.npz`` is there, intact (arrays kept without a frame, e.g. a shared input set)."""
+        return self._intact(self._path(unit).with_suffix(".npz"))
 
     def load_arrays(self, unit: str) -> dict:
         import numpy as np
 
-        with np.load(self._path(unit).with_suffix(".npz")) as arrays:
+        path = self._path(unit).with_suffix(".npz")
+        if not self._intact(path):
+            raise DataError(f"unit arrays {path} are missing or damaged: run the same command again")
+        with np.load(path) as arrays:
             return dict(arrays)
 
     def clear(self) -> None:

@@ -28,14 +28,16 @@ from tqdm.auto import tqdm
 
 from . import distributed, settings as settings_schema
 from .cache import config_hash
+from .data.check import Unreadable, find_unreadable
 from .data.imagenet import image_folder, load_imagenet_val
-from .data.imagesets import FileImageSet, smoke_images
-from .errors import ConfigError
+from .data.imagesets import FileImageSet, default_workers, smoke_images
+from .errors import ConfigError, DataError
+from .lock import output_lock, remove_stale_temporaries
 from .models import create_model, get_spec, resolve_model_names
 from .models.fast import fuse_for_inference
 from .profiles import Profile, activate, get_profile
 from .report import build_report
-from .results import UnitStore, git_commit, package_versions, read_unit_frames, write_csv, write_npz
+from .results import UnitStore, git_commit, meta_path, package_versions, read_unit_frames, write_csv, write_npz
 from .settings import NoSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +156,10 @@ class RunOptions:
     quiet: bool = False
     weights_dir: str | None = None
     figures_only: bool = False
+    #: decode every image of --data, list the unreadable ones, exit (see :func:`check_data`)
+    check_data: bool = False
+    #: check once before the first experiment and leave the unreadable images out of the run
+    skip_unreadable: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -168,15 +174,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: what a run without --skip-unreadable says after the one line of an unreadable image
+UNREADABLE_HINT = ("; run_all.py --check-data lists every unreadable file at once, "
+                   "--skip-unreadable runs without them")
+#: beside each experiment's CSVs when --skip-unreadable left images out (image_id, path, reason)
+SKIPPED_CSV = "skipped.csv"
+
+
+def _num_images(options: RunOptions, profile: Profile) -> int | None:
+    return options.limit if options.limit is not None else profile.num_images
+
+
+def _file_dataset(options: RunOptions, profile: Profile):
+    """The records of --data (after --limit) for the file image sources, without decoding anything."""
+    if options.data is None:
+        raise ConfigError(f"profile '{profile.name}' needs --data DIR (an image folder)")
+    loader = load_imagenet_val if profile.data == "imagenet" else image_folder
+    return loader(options.data, limit=_num_images(options, profile), seed=options.seed)
+
+
 def _files(ctx: "RunContext"):
     """--data: an ImageNet validation layout (profile data 'imagenet') or any ImageFolder ('folder')."""
-    if ctx.options.data is None:
-        raise ConfigError(f"profile '{ctx.profile.name}' needs --data DIR (an image folder)")
+    dataset = _file_dataset(ctx.options, ctx.profile)
     preprocess = get_spec(ctx.model_names[0]).preprocess
-    loader = load_imagenet_val if ctx.profile.data == "imagenet" else image_folder
-    dataset = loader(ctx.options.data, limit=ctx.num_images, seed=ctx.seed)
     return FileImageSet(dataset, preprocess.pil_transform(),
-                        f"{len(dataset)} images from {ctx.options.data} ({dataset.layout})")
+                        f"{len(dataset)} images from {ctx.options.data} ({dataset.layout})", hint=UNREADABLE_HINT)
 
 
 def _smoke(ctx: "RunContext"):
@@ -194,6 +216,39 @@ def register_image_source(kind: str, load: Callable[["RunContext"], object]) -> 
     if kind in IMAGE_SOURCES and IMAGE_SOURCES[kind] is not load:
         raise ConfigError(f"image source '{kind}' is registered twice")
     IMAGE_SOURCES[kind] = load
+
+
+def _image_source(profile: Profile) -> Callable[["RunContext"], object]:
+    try:
+        return IMAGE_SOURCES[profile.data]
+    except KeyError:
+        raise ConfigError(f"profile '{profile.name}' has unknown data kind '{profile.data}'; "
+                          f"kinds: {', '.join(IMAGE_SOURCES)}") from None
+
+
+def _refuse_data(options: RunOptions, profile: Profile) -> None:
+    if options.data is not None:
+        raise ConfigError(f"profile '{profile.name}' makes its own images; use --profile paper or "
+                          f"custom with --data")
+
+
+def check_data(options: RunOptions, log=print) -> int:
+    """--check-data: decode every image of the run's data (--data after --limit) fully, in parallel
+    (a header alone does not reveal a truncated JPEG); log each unreadable file as ``<path>: <reason>``,
+    then ``checked N images in DIR: K unreadable``. Returns the exit status: 0 when every image
+    decodes, 2 when any does not. Writes nothing; needs no model. A profile that makes its own images
+    has nothing to check (0)."""
+    profile = activate(get_profile(options.profile))
+    if _image_source(profile) is not _files:
+        _refuse_data(options, profile)
+        log(f"profile '{profile.name}' makes its own images: there are no image files to check")
+        return 0
+    dataset = _file_dataset(options, profile)
+    bad = find_unreadable(dataset.records, default_workers(), quiet=options.quiet)
+    for item in bad:
+        log(f"{item.path}: {item.reason}")
+    log(f"checked {len(dataset)} images in {options.data}: {len(bad)} unreadable")
+    return 2 if bad else 0
 
 
 class RunContext:
@@ -216,6 +271,9 @@ class RunContext:
         self._models: dict[str, torch.nn.Module] = {}
         self._images = None
         self._forced: set[Path] = set()
+        #: images --skip-unreadable left out of the run (set once, by :meth:`skip_unreadable`)
+        self.skipped: list[Unreadable] = []
+        self._checked = False
         #: True while a shardable experiment runs under torchrun: units are dealt to the ranks
         self.sharded = False
         #: the experiment being run, its resolved settings and when it started (set by the runner)
@@ -283,6 +341,22 @@ class RunContext:
             write_npz(arrays, path)
         return path
 
+    def write_skipped(self) -> Path | None:
+        """``results/<experiment>/skipped.csv`` (image_id, path, reason) when --skip-unreadable left
+        images out of the run; otherwise no such file (one a former run left is removed)."""
+        path = self.results_dir() / SKIPPED_CSV
+        if self.skipped:
+            import pandas as pd
+
+            frame = pd.DataFrame({"image_id": [s.image_id for s in self.skipped],
+                                  "path": [s.path for s in self.skipped],
+                                  "reason": [s.reason for s in self.skipped]})
+            return self.write_csv(frame, SKIPPED_CSV)
+        if distributed.is_main():
+            for stale in (path, meta_path(path)):
+                stale.unlink(missing_ok=True)
+        return None
+
     def map_units(self, store: UnitStore, units: list[str], compute: Callable[[str], "object"]) -> dict:
         """Each unit's frame, from ``store`` or ``compute(unit)`` (then saved: it is done).
 
@@ -307,14 +381,18 @@ class RunContext:
         return make()
 
     def run_config(self) -> dict:
-        """What determines results: profile, data, limit, seed (not models: units are per model)."""
-        return {"profile": self.profile.name, "data": self.options.data, "limit": self.options.limit,
-                "seed": self.seed, "num_images": self.num_images}
+        """What determines results: profile, data, limit, seed (not models: units are per model), and
+        which images --skip-unreadable left out (only when it left any out)."""
+        config = {"profile": self.profile.name, "data": self.options.data, "limit": self.options.limit,
+                  "seed": self.seed, "num_images": self.num_images}
+        if self.skipped:
+            config["skipped_ids_hash"] = config_hash(sorted(s.image_id for s in self.skipped))
+        return config
 
     # ---- data -----------------------------------------------------------------------------------
     @property
     def num_images(self) -> int | None:
-        return self.options.limit if self.options.limit is not None else self.profile.num_images
+        return _num_images(self.options, self.profile)
 
     @property
     def image_size(self) -> int:
@@ -329,18 +407,41 @@ class RunContext:
         return self._images
 
     def _load_images(self):
-        try:
-            load = IMAGE_SOURCES[self.profile.data]
-        except KeyError:
-            raise ConfigError(f"profile '{self.profile.name}' has unknown data kind '{self.profile.data}'; "
-                              f"kinds: {', '.join(IMAGE_SOURCES)}") from None
-        return load(self)
+        return _image_source(self.profile)(self)
+
+    def skip_unreadable(self) -> list[Unreadable]:
+        """--skip-unreadable: decode every image of the run once (under torchrun each rank checks
+        its share), then leave the unreadable ones out of the run's image set, so that ids, labels,
+        subsets and indices agree for every experiment. Returns them (also ``self.skipped``).
+        Generated images have nothing to skip."""
+        images = self.images()
+        if self._checked or not isinstance(images, FileImageSet):
+            return self.skipped
+        self._checked = True
+        records = images.dataset.records
+        if distributed.is_distributed() and torch.distributed.is_initialized():
+            mine = find_unreadable(records, images.workers,
+                                   range(distributed.rank(), len(records), distributed.world_size()), quiet=self.quiet)
+            shares: list = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(shares, mine)
+            bad = sorted((item for share in shares for item in share), key=lambda item: item.index)
+        else:
+            bad = find_unreadable(records, images.workers, quiet=self.quiet)
+        if len(bad) == len(records):
+            raise DataError(f"no image of {self.options.data} can be read ({bad[0].path}: {bad[0].reason}; "
+                            f"run_all.py --check-data lists them all)")
+        if bad:
+            dropped = {item.index for item in bad}
+            kept = images.subset([i for i in range(len(records)) if i not in dropped])
+            kept.description = (f"{len(kept)} images from {self.options.data} ({kept.dataset.layout}; "
+                                f"{len(bad)} unreadable skipped)")
+            self._images, self.skipped = kept, bad
+        self._images.hint = "; it could still be read when --skip-unreadable checked every image at the start"
+        return self.skipped
 
     def refuse_data(self) -> None:
         """For image sources that make their own images: --data is a ConfigError."""
-        if self.options.data is not None:
-            raise ConfigError(f"profile '{self.profile.name}' makes its own images; use --profile paper or "
-                              f"custom with --data")
+        _refuse_data(self.options, self.profile)
 
     # ---- models ---------------------------------------------------------------------------------
     def role(self, role: str) -> str:
@@ -383,6 +484,7 @@ class RunContext:
             "settings": dataclasses.asdict(self.settings),
             "data": images.description,
             "num_images": len(images),
+            "skipped_images": len(self.skipped),
             "seed": self.seed,
             "models": {name: self._models[name].weights_source for name in self.model_names if name in self._models},
             "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
@@ -397,15 +499,41 @@ class RunContext:
         return meta
 
 
+#: unreadable images a --skip-unreadable run names in its log (all of them are in skipped.csv)
+SKIPPED_SHOWN = 10
+
+
 def run_stages(options: RunOptions, log=print) -> dict[str, float]:
-    """Run the selected experiments, then their figures; return wall time per stage (seconds)."""
+    """Run the selected experiments, then their figures; return wall time per stage (seconds).
+
+    The output folder is locked for the run (rank 0 holds the lock for all ranks under torchrun),
+    and temporary files that killed runs left there are removed first (:mod:`bagrepro.lock`)."""
     experiments = select_experiments(options.experiments)
+    if not distributed.is_main():
+        return _run_stages(options, experiments, log)
+    with output_lock(Path(options.out), log):
+        removed = remove_stale_temporaries(Path(options.out))
+        if removed:
+            log(f"[lock] removed {len(removed)} temporary file(s) left by a killed run")
+        return _run_stages(options, experiments, log)
+
+
+def _run_stages(options: RunOptions, experiments: list[Experiment], log) -> dict[str, float]:
     timings: dict[str, float] = {}
     if not options.figures_only:
         ctx = RunContext(options)
         check_profile(ctx.profile)  # a misspelt setting fails here, before any work
         ctx.images()  # bad data fails here, in one line, before any experiment starts
         distributed.initialise(ctx.device)
+        if options.skip_unreadable:
+            skipped = ctx.skip_unreadable()
+            if skipped:
+                log(f"[data] {len(skipped)} unreadable image(s) left out of the run, listed in "
+                    f"results/<experiment>/{SKIPPED_CSV}:")
+                for item in skipped[:SKIPPED_SHOWN]:
+                    log(f"  {item.path}: {item.reason}")
+                if len(skipped) > SKIPPED_SHOWN:
+                    log(f"  ... and {len(skipped) - SKIPPED_SHOWN} more")
         if distributed.is_distributed():  # rank 0 downloads or trains missing weights; the rest read caches
             if distributed.is_main():
                 for name in ctx.model_names:
@@ -418,6 +546,7 @@ def run_stages(options: RunOptions, log=print) -> dict[str, float]:
             ctx.begin(experiment)
             try:
                 experiment.run(ctx)
+                ctx.write_skipped()
             finally:
                 timings[experiment.name] = ctx.end()
     if not distributed.is_main():

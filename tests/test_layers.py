@@ -20,7 +20,7 @@ LAYERS = {
     "data": {"data"},
     "models": {"models"},
     "methods": {"heatmaps", "heatmap_cache", "attribution", "masking", "scrambling", "patches"},
-    "harness": {"runner", "profiles", "results", "report", "distributed", "predictions", "plotting"},
+    "harness": {"runner", "profiles", "results", "report", "distributed", "predictions", "plotting", "lock"},
     "plugin": {"demo"},
 }
 ORDER = list(LAYERS)

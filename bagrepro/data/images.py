@@ -21,6 +21,21 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+class UnreadableImageError(DataError):
+    """An image file that cannot be decoded (missing, truncated, not an image, ...).
+
+    ``path`` and ``reason`` (one line, without the path) travel with it, so that a check can list
+    ``<path>: <reason>``; ``str(error)`` is the usual one-line message naming the file.
+    """
+
+    def __init__(self, path: str, reason: str, message: str | None = None):
+        super().__init__(message or f"cannot read image {path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):  # picklable with its fields (it may cross from a worker process)
+        return type(self), (self.path, self.reason, str(self))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert a loaded image of any mode to RGB.
 
@@ -43,7 +58,8 @@ def open_rgb(path) -> Image.Image:
     """Open an image file and return it fully loaded as an RGB image.
 
     Any mode Pillow reads is converted (CMYK, greyscale ``L``, ``P``, ``RGBA``, ``I;16``, ...). The file is
-    closed on return. A missing, unreadable, truncated or non-image file raises :class:`DataError` naming it.
+    closed on return. A missing, unreadable, truncated or non-image file raises
+    :class:`UnreadableImageError` (a :class:`DataError`) naming it.
     """
     path = os.fspath(path)
     try:
@@ -51,6 +67,18 @@ def open_rgb(path) -> Image.Image:
             image.load()
             return _to_rgb(image)
     except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {one_line(exc) or type(exc).__name__}") from None
+        raise UnreadableImageError(path, "file not found", f"image file not found: {path}") from None
+    except UnidentifiedImageError:  # Pillow's message repeats the path
+        reason = "empty file (0 bytes)" if _is_empty(path) else "not an image file Pillow can identify"
+        raise UnreadableImageError(path, reason) from None
+    except (OSError, EOFError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # an OSError about the file itself (permission denied, ...) names it: keep only what went wrong
+        reason = exc.strerror if isinstance(exc, OSError) and exc.filename and exc.strerror else one_line(exc)
+        raise UnreadableImageError(path, reason or type(exc).__name__) from None
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False

@@ -14,7 +14,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .check import MarkUnreadable, UnreadableBatch, collate
 from .imagenet import ImageDataset
+from .images import UnreadableImageError
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 
@@ -56,14 +58,21 @@ def default_workers() -> int:
 
 
 class FileImageSet:
-    """Images decoded from files by a DataLoader (workers decode while the model runs)."""
+    """Images decoded from files by a DataLoader (workers decode while the model runs).
 
-    def __init__(self, dataset: ImageDataset, transform, description: str, workers: int | None = None):
+    An image that cannot be decoded stops the iteration with the worker's one-line
+    :class:`~bagrepro.data.images.UnreadableImageError` (what, where), raised in this process, with
+    ``hint`` appended (what the user can do about it); batches before it are yielded as usual.
+    """
+
+    def __init__(self, dataset: ImageDataset, transform, description: str, workers: int | None = None,
+                 hint: str = ""):
         self.dataset = dataset
         self.dataset.transform = transform
         self.classes = dataset.classes
         self.description = description
         self.workers = default_workers() if workers is None else workers
+        self.hint = hint
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -77,15 +86,19 @@ class FileImageSet:
         return torch.tensor([record.label for record in self.dataset.records])
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, shuffle=False,
-                                             num_workers=self.workers)
-        for images, labels, ids in loader:
+        loader = torch.utils.data.DataLoader(MarkUnreadable(self.dataset), batch_size=batch_size, shuffle=False,
+                                             num_workers=self.workers, collate_fn=collate)
+        for batch in loader:
+            if isinstance(batch, UnreadableBatch):
+                first = batch.unreadable[0]
+                raise UnreadableImageError(first.path, first.reason, first.message + self.hint)
+            images, labels, ids = batch
             yield images, labels, list(ids)
 
     def subset(self, indices) -> "FileImageSet":
         records = [self.dataset.records[i] for i in indices]
         dataset = ImageDataset(records, self.dataset.classes, self.dataset.root, self.dataset.layout)
-        return FileImageSet(dataset, self.dataset.transform, self.description, self.workers)
+        return FileImageSet(dataset, self.dataset.transform, self.description, self.workers, self.hint)
 
 
 def smoke_images(count: int, size: int, num_classes: int, seed: int) -> TensorImageSet:

@@ -15,6 +15,8 @@ split and every experiment runs on its test split (:func:`demo_test_images`).
 
 from __future__ import annotations
 
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import torch
 from ..atomic import atomic_path
 from ..cache import cache_dir
 from ..data.imagesets import TensorImageSet
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 from .render import render_images
 from .spec import DEMO_PREPROCESS, GROUPS, SPLITS, WorldConfig
 
@@ -139,8 +141,9 @@ def make_world(config: WorldConfig | None = None, cache: bool = True, force: boo
     if cache and not force and path.exists():
         try:
             return _load_world(config, path)
-        except (OSError, ValueError, KeyError) as error:  # a damaged entry: rebuild it
-            print(f"warning: rebuilding the demo world cache {path} ({error})")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # damaged: rebuild it
+            print(f"[demo] the cached demo world {path} is damaged ({one_line(error, 120) or type(error).__name__}):"
+                  f" generating it again", file=sys.stderr)
     world = generate_world(config)
     if cache:
         _save_world(world, path)

@@ -33,8 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
-from ..cache import cache_dir, config_hash
-from ..errors import ConfigError, WeightsError
+from ..cache import cache_dir, config_hash, file_sha256
+from ..errors import ConfigError, one_line
 from .spec import DEMO_PREPROCESS
 from .store import DemoWorld, demo_world, to_tensor
 from .zoo import TrainRecipe, demo_model
@@ -224,6 +224,23 @@ def read_training_record(name: str, world: DemoWorld, recipe: TrainRecipe | None
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _load_cached(entry, world: DemoWorld, path: Path) -> nn.Module | None:
+    """The cached model at ``path`` in eval mode, or None when the file is damaged (its SHA-256 differs
+    from the one recorded beside it, or it cannot be loaded): reported in one line, then retrained."""
+    record_path = path.with_suffix(".json")
+    try:
+        recorded = json.loads(record_path.read_text()).get("sha256") if record_path.exists() else None
+        if recorded is not None and recorded != file_sha256(path):
+            raise ValueError("its SHA-256 does not match the training record")
+        model = entry.build(world.num_classes)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    except Exception as error:  # noqa: BLE001  (torch.load raises many kinds on a damaged file)
+        print(f"[demo] the cached demo model {path} is damaged ({one_line(error, 120) or type(error).__name__}):"
+              f" training it again", file=sys.stderr)
+        return None
+
+
 def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, force: bool = False,
                 progress: bool = True) -> nn.Module:
     """Demo model ``name`` trained on ``world`` with ``recipe`` (default: :func:`default_recipe`),
@@ -232,14 +249,9 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
     recipe = recipe or entry.recipe
     path = model_path(name, world, recipe)
     if path.exists() and not force:
-        model = entry.build(world.num_classes)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as error:  # a damaged or foreign file: one clear line
-            raise WeightsError(f"cached demo model {path} cannot be loaded ({type(error).__name__}); "
-                               f"delete it or pass force=True") from None
-        return model.eval()
+        model = _load_cached(entry, world, path)
+        if model is not None:
+            return model
     start = time.perf_counter()
     if progress:
         tqdm.write(f"training {name} on the demo world ({recipe.epochs} epochs; cached for later runs)",
@@ -251,6 +263,7 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
               "architecture": entry.architecture, "val_accuracy": group_accuracies(model, world, "val")}
     with atomic_path(path) as temporary:
         torch.save(model.state_dict(), temporary)
+    record["sha256"] = file_sha256(path)  # checked on every load: a damaged file is trained again
     with atomic_path(path.with_suffix(".json")) as temporary:
         temporary.write_text(json.dumps(record, indent=1))
     if progress:

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import pathlib
 import pickle
 import posixpath
 import re
-import socket
 import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
+from bagrepro.atomic import atomic_path
+from bagrepro.cache import file_sha256
 from bagrepro.errors import WeightsError, one_line
 
 __all__ = [
@@ -40,7 +44,6 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^-]*$")
 _HEX = re.compile(r"[0-9a-f]{1,64}")
-_CHUNK = 1 << 20
 _MAX_LISTED = 5
 
 
@@ -92,14 +95,10 @@ def cache_path(spec: WeightsSpec) -> pathlib.Path:
 
 def _sha256(path: pathlib.Path) -> str:
     """Return the SHA-256 hex digest of the file at ``path``, read in chunks."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
+        return file_sha256(path)
     except OSError as e:
         raise WeightsError(f"cannot read weights file {path} ({one_line(e.strerror or e, 200)})") from e
-    return h.hexdigest()
 
 
 def _verify(path: pathlib.Path, spec: WeightsSpec, advice: str) -> None:
@@ -114,8 +113,39 @@ def _verify(path: pathlib.Path, spec: WeightsSpec, advice: str) -> None:
         )
 
 
+class _CutOff(OSError):
+    """The server closed the connection before sending the announced number of bytes."""
+
+
+def _fetch(url: str, dst: pathlib.Path, prefix: str | None, progress: bool) -> str:
+    """Stream ``url`` into ``dst`` atomically and return its SHA-256. Written here rather than with
+    ``torch.hub.download_url_to_file`` because that keeps a body cut off short of its Content-Length
+    (urllib does not raise on it): a truncated checkpoint would become the cached one. A digest
+    that does not start with ``prefix`` raises ValueError(digest); ``dst`` is then left alone."""
+    digest, received = hashlib.sha256(), 0
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        announced = response.headers.get("Content-Length")
+        total = int(announced) if announced and announced.isdigit() else None
+        with atomic_path(dst) as temporary, open(temporary, "wb") as stream, \
+                tqdm(total=total, unit="B", unit_scale=True, disable=not progress or None, leave=False,
+                     desc=dst.name) as bar:
+            while block := response.read(1 << 20):
+                stream.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.update(len(block))
+            if total is not None and received != total:
+                raise _CutOff(f"the connection closed after {received} of {total} bytes")
+            stream.flush()
+            os.fsync(stream.fileno())
+            if not digest.hexdigest().startswith(prefix or ""):
+                raise ValueError(digest.hexdigest())  # nothing is renamed onto dst
+    return digest.hexdigest()
+
+
 def _download(spec: WeightsSpec, dst: pathlib.Path, progress: bool) -> None:
-    """Download ``spec.url`` to ``dst`` (verifying the hash); nothing is left at ``dst`` on failure."""
+    """Download ``spec.url`` to ``dst`` (verifying its length and hash); nothing is left at ``dst`` on
+    failure."""
     hint = (
         f"nothing is cached at {dst}; download the file yourself and pass --weights-dir DIR "
         f"(a folder containing {spec.filename})"
@@ -127,31 +157,19 @@ def _download(spec: WeightsSpec, dst: pathlib.Path, progress: bool) -> None:
             f"cannot create weights cache folder {dst.parent} ({one_line(e.strerror or e, 200)}); "
             f"set TORCH_HOME to a writable folder or pass --weights-dir DIR"
         ) from e
-    old_timeout = socket.getdefaulttimeout()
-    if old_timeout is None:
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        torch.hub.download_url_to_file(
-            spec.url, str(dst), hash_prefix=spec.expected_prefix, progress=progress
-        )
+        _fetch(spec.url, dst, spec.expected_prefix, progress)
     except (OSError, http.client.HTTPException) as e:
         # HTTPError reads best whole ("HTTP Error 404: Not Found"); URLError wraps the socket error.
-        reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
+        reason = e if isinstance(e, (urllib.error.HTTPError, _CutOff)) else getattr(e, "reason", None) or e
         raise WeightsError(
             f"cannot download weights from {spec.url} ({one_line(reason, 200) or type(e).__name__}); {hint}"
         ) from e
-    except RuntimeError as e:
-        if "invalid hash value" not in str(e):
-            raise
-        got = re.search(r'got "([0-9a-f]+)"', str(e))
-        got_text = f" (got {got.group(1)[:16]}...)" if got else ""
+    except ValueError as e:  # the hash
         raise WeightsError(
             f"weights downloaded from {spec.url} do not have the expected SHA-256 prefix "
-            f"{spec.expected_prefix}{got_text}; {hint}"
+            f"{spec.expected_prefix} (got {str(e)[:16]}...); {hint}"
         ) from e
-    finally:
-        if old_timeout is None:
-            socket.setdefaulttimeout(None)
 
 
 def resolve_weights_file(
