@@ -39,6 +39,8 @@ class Profile:
     the paper's top-5 analyses (Fig. 7, Fig. A.4) use here: 'top5' as in the paper, or 'top1' where
     there are too few classes for top-5 to tell models apart. plugin: a module to import before the
     profile is used (it registers the plugin's models and image source), or None.
+    check_data_first: decode every image once before the first experiment and stop with the list of
+    unreadable files (all at once, before the expensive work), unless --skip-unreadable leaves them out.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Profile:
     settings: Mapping[str, Mapping[str, object]] = field(default_factory=lambda: MappingProxyType({}))
     accuracy_metric: str = "top5"
     plugin: str | None = None
+    check_data_first: bool = False
 
     def role(self, role: str) -> str:
         """Zoo name standing in for a paper role in this profile."""
@@ -127,6 +130,7 @@ register_profile(Profile(
     num_images=None,
     batch_size=64,
     settings=frozen({"runtime": {"batch_size": 64, "repeats": 5, "warmup": 2}}),
+    check_data_first=True,
 ))
 
 register_profile(Profile(

@@ -274,6 +274,7 @@ class RunContext:
         #: images --skip-unreadable left out of the run (set once, by :meth:`skip_unreadable`)
         self.skipped: list[Unreadable] = []
         self._checked = False
+        self._unreadable: list[Unreadable] | None = None
         #: True while a shardable experiment runs under torchrun: units are dealt to the ranks
         self.sharded = False
         #: the experiment being run, its resolved settings and when it started (set by the runner)
@@ -409,6 +410,25 @@ class RunContext:
     def _load_images(self):
         return _image_source(self.profile)(self)
 
+    def unreadable_images(self) -> list[Unreadable]:
+        """Every image of the run that cannot be decoded (decoded once, in parallel; under torchrun
+        each rank checks its share); empty for generated images."""
+        images = self.images()
+        if not isinstance(images, FileImageSet):
+            return []
+        if self._unreadable is None:
+            records = images.dataset.records
+            if distributed.is_distributed() and torch.distributed.is_initialized():
+                mine = find_unreadable(records, images.workers,
+                                       range(distributed.rank(), len(records), distributed.world_size()),
+                                       quiet=self.quiet)
+                shares: list = [None] * distributed.world_size()
+                torch.distributed.all_gather_object(shares, mine)
+                self._unreadable = sorted((item for share in shares for item in share), key=lambda item: item.index)
+            else:
+                self._unreadable = find_unreadable(records, images.workers, quiet=self.quiet)
+        return self._unreadable
+
     def skip_unreadable(self) -> list[Unreadable]:
         """--skip-unreadable: decode every image of the run once (under torchrun each rank checks
         its share), then leave the unreadable ones out of the run's image set, so that ids, labels,
@@ -419,14 +439,7 @@ class RunContext:
             return self.skipped
         self._checked = True
         records = images.dataset.records
-        if distributed.is_distributed() and torch.distributed.is_initialized():
-            mine = find_unreadable(records, images.workers,
-                                   range(distributed.rank(), len(records), distributed.world_size()), quiet=self.quiet)
-            shares: list = [None] * distributed.world_size()
-            torch.distributed.all_gather_object(shares, mine)
-            bad = sorted((item for share in shares for item in share), key=lambda item: item.index)
-        else:
-            bad = find_unreadable(records, images.workers, quiet=self.quiet)
+        bad = self.unreadable_images()
         if len(bad) == len(records):
             raise DataError(f"no image of {self.options.data} can be read ({bad[0].path}: {bad[0].reason}; "
                             f"run_all.py --check-data lists them all)")
@@ -525,6 +538,13 @@ def _run_stages(options: RunOptions, experiments: list[Experiment], log) -> dict
         check_profile(ctx.profile)  # a misspelt setting fails here, before any work
         ctx.images()  # bad data fails here, in one line, before any experiment starts
         distributed.initialise(ctx.device)
+        if ctx.profile.check_data_first and not options.skip_unreadable:  # all bad files before GPU hours
+            unreadable = ctx.unreadable_images()
+            for item in unreadable:
+                log(f"  {item.path}: {item.reason}")
+            if unreadable:
+                raise DataError(f"{len(unreadable)} of {len(ctx.images())} images in {options.data} cannot be "
+                                f"read (listed above); remove them, or run again with --skip-unreadable")
         if options.skip_unreadable:
             skipped = ctx.skip_unreadable()
             if skipped:

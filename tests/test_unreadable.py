@@ -9,8 +9,10 @@ user model registered from a file, as a user would. A CLI run decodes in DataLoa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -194,3 +196,23 @@ def test_good_batches_are_torchs_own_and_a_bad_one_raises_its_line(folders, work
     assert str(info.value) == (f"cannot read image {folders['bad'] / 'cats' / 'truncated.JPEG'}: "
                                f"{info.value.reason}; hint")
     assert info.value.reason.startswith("image file is truncated")
+
+
+def test_a_paper_run_lists_every_unreadable_file_before_the_first_experiment(tmp_path, capfd):
+    """The paper profile checks its data first: all bad files at once, before any model or GPU hour."""
+    from tests.test_paper_rehearsal import write_imagenet_devkit_layout
+
+    data = tmp_path / "val"
+    data.mkdir()
+    write_imagenet_devkit_layout(data)
+    bad = [data / "ILSVRC2012_val_00000001.JPEG", data / "ILSVRC2012_val_00000003.JPEG"]
+    bad[0].write_bytes(b"")
+    bad[1].write_text("not a JPEG")
+    capfd.readouterr()
+    assert run_all.main(["--profile", "paper", "--data", str(data), "--models", "bagnet9", "--experiment", "accuracy",
+                         "--quiet", "--out", str(tmp_path / "out")]) == 2
+    captured = capfd.readouterr()
+    assert all(str(path) in captured.out for path in bad)
+    assert captured.err.count("\n") == 1 and "2 of " in captured.err and "--skip-unreadable" in captured.err
+    assert not (tmp_path / "out" / "results" / "accuracy").exists()
+    assert not (Path(os.environ["TORCH_HOME"]) / "hub").exists()  # no weights were fetched
