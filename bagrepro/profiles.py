@@ -135,7 +135,8 @@ register_profile(Profile(
 
 register_profile(Profile(
     name="custom",
-    description="your models (--models, --register-models) on your ImageFolder (--data); builders load their own weights",
+    description="your models (--models, --register-models) on your images (--data: an ImageNet layout or any "
+                "ImageFolder); builders load their own weights",
     data="folder",
     models=(),
     stand_ins=MappingProxyType({}),

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import distributed, settings as settings_schema
 from .cache import config_hash
 from .data.check import Unreadable, find_unreadable
-from .data.imagenet import image_folder, load_imagenet_val
+from .data.imagenet import load_imagenet_val, load_images
 from .data.imagesets import FileImageSet, default_workers, smoke_images
 from .errors import ConfigError, DataError
 from .lock import output_lock, remove_stale_temporaries
@@ -189,7 +189,8 @@ def _file_dataset(options: RunOptions, profile: Profile):
     """The records of --data (after --limit) for the file image sources, without decoding anything."""
     if options.data is None:
         raise ConfigError(f"profile '{profile.name}' needs --data DIR (an image folder)")
-    loader = load_imagenet_val if profile.data == "imagenet" else image_folder
+    # any --data: an ImageNet layout (1000-way labels, whatever synsets it holds) or else an ImageFolder
+    loader = load_imagenet_val if profile.data == "imagenet" else load_images
     return loader(options.data, limit=_num_images(options, profile), seed=options.seed)
 
 
@@ -197,8 +198,7 @@ def _files(ctx: "RunContext"):
     """--data: an ImageNet validation layout (profile data 'imagenet') or any ImageFolder ('folder')."""
     dataset = _file_dataset(ctx.options, ctx.profile)
     preprocess = get_spec(ctx.model_names[0]).preprocess
-    return FileImageSet(dataset, preprocess.pil_transform(),
-                        f"{len(dataset)} images from {ctx.options.data} ({dataset.layout})", hint=UNREADABLE_HINT)
+    return FileImageSet(dataset, preprocess.pil_transform(), dataset.describe(ctx.options.data), hint=UNREADABLE_HINT)
 
 
 def _smoke(ctx: "RunContext"):
@@ -446,8 +446,7 @@ class RunContext:
         if bad:
             dropped = {item.index for item in bad}
             kept = images.subset([i for i in range(len(records)) if i not in dropped])
-            kept.description = (f"{len(kept)} images from {self.options.data} ({kept.dataset.layout}; "
-                                f"{len(bad)} unreadable skipped)")
+            kept.description = f"{kept.dataset.describe(self.options.data)[:-1]}; {len(bad)} unreadable skipped)"
             self._images, self.skipped = kept, bad
         self._images.hint = "; it could still be read when --skip-unreadable checked every image at the start"
         return self.skipped

@@ -2,9 +2,11 @@
 
 Writes ``results/accuracy/``:
 - ``predictions.csv``: one row per (model, image): true class, top-5 predicted classes, the true
-  class's logit and probability, correct_top1 / correct_top5 (later experiments reuse these rows);
+  class's logit and probability, correct_top1 / correct_top5 (later experiments reuse these rows),
+  then the true class's name (``true_class_name``: the ImageNet name of a synset, else the class
+  folder's name);
 - ``summary.csv``: per model top-1 / top-5 (%) beside the paper's reference numbers;
-- ``per_class.csv``: per (model, class) top-1 / top-5 (%), for Fig. 7.
+- ``per_class.csv``: per (model, class) top-1 / top-5 (%), for Fig. 7, then ``class_name``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
 from bagrepro.predictions import clean_predictions
 from bagrepro.report import comparison
+from bagrepro.data.synsets import display_name
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -44,6 +47,12 @@ def per_class(predictions: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def with_class_names(table: pd.DataFrame, classes, column: str) -> pd.DataFrame:
+    """``table`` with ``column`` appended: the display name of each row's ``true_class``."""
+    names = dict(enumerate(display_name(c) for c in classes))
+    return table.assign(**{column: table["true_class"].map(names)})
+
+
 def per_group(predictions: pd.DataFrame, class_groups: list[str]) -> pd.DataFrame:
     """Top-1 / top-5 (%) per model and class group (plus 'all'); chance = 100 / classes in the group."""
     frame = predictions.assign(group=predictions["true_class"].map(dict(enumerate(class_groups))))
@@ -61,9 +70,9 @@ def run(ctx: RunContext) -> None:
     images = ctx.images()
     predictions = clean_predictions(ctx, ctx.model_names)
     meta = {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)"}
-    ctx.write_csv(predictions, "predictions.csv", **meta)
+    ctx.write_csv(with_class_names(predictions, images.classes, "true_class_name"), "predictions.csv", **meta)
     ctx.write_csv(summarize(predictions), "summary.csv", **meta)
-    ctx.write_csv(per_class(predictions), "per_class.csv", **meta)
+    ctx.write_csv(with_class_names(per_class(predictions), images.classes, "class_name"), "per_class.csv", **meta)
     groups = getattr(images, "class_groups", None)
     if groups:  # the demo world: local-evidence classes against arrangement-defined ones
         ctx.write_csv(per_group(predictions, groups), "per_group.csv", **meta)

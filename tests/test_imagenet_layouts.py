@@ -1,7 +1,8 @@
 """ImageNet validation layouts, generic image folders, RGB loading and balanced subsets.
 
 Every layout is built in tmp_path from a few tiny synthetic images, with the same ground truth, so each
-test can check that the labels are the index of the true synset in the sorted synset list.
+test can check that the labels are the 1000-way index of the true synset (its place in the sorted list
+of the 1000 ILSVRC-2012 synsets), although each folder holds only three of them.
 """
 
 from collections import Counter
@@ -22,13 +23,15 @@ from bagrepro.data.imagenet import (
     image_folder,
     load_imagenet_val,
 )
+from bagrepro.data.synsets import IMAGENET_WNIDS
 from bagrepro.errors import ConfigError, DataError
 
-WNIDS = ["n01440764", "n01443537", "n02102040"]  # sorted
+WNIDS = ["n01440764", "n01443537", "n02102040"]  # sorted; 1000-way indices 0, 1, 217
+INDEX = [IMAGENET_WNIDS.index(w) for w in WNIDS]
 # Ground truth of images ILSVRC2012_val_00000001 .. 00000009, as indices into WNIDS.
 TRUTH = [2, 0, 1, 1, 2, 0, 0, 1, 2]
-# Devkit ids deliberately NOT in sorted-wnid order: id 1 is the last wnid, and so on.
-DEVKIT_ID = {"n02102040": 1, "n01440764": 2, "n01443537": 3}
+# Devkit ids deliberately NOT in sorted-wnid order: id 1 is the last of the 1000 sorted wnids, and so on.
+DEVKIT_ID = {w: 1000 - i for i, w in enumerate(IMAGENET_WNIDS)}
 SIZE = (20, 16)
 
 
@@ -69,9 +72,10 @@ def write_loc_csv(path, extra_rows=()):
 
 
 def write_devkit(meta_path, truth_path):
-    """A meta.mat whose leaf ids are not in sorted-wnid order, plus a non-leaf synset that sorts first."""
-    rows = [(DEVKIT_ID[w], w, f"words for {w}", 0) for w in ("n02102040", "n01440764", "n01443537")]
-    rows.append((4, "n00001740", "entity", 3))
+    """A meta.mat of the 1000 leaf synsets whose ids are not in sorted-wnid order, plus a non-leaf
+    synset that sorts first."""
+    rows = [(DEVKIT_ID[w], w, f"words for {w}", 0) for w in reversed(IMAGENET_WNIDS)]
+    rows.append((1001, "n00001740", "entity", 3))
     fields = ("ILSVRC2012_ID", "WNID", "words", "num_children")
     synsets = np.array(rows, dtype=[(field, "O") for field in fields])
     meta_path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,13 +84,13 @@ def write_devkit(meta_path, truth_path):
     truth_path.write_text("".join(f"{DEVKIT_ID[WNIDS[label]]}\n" for label in TRUTH))
 
 
-EXPECTED = {val_name(n): label for n, label in enumerate(TRUTH, start=1)}
+EXPECTED = {val_name(n): INDEX[label] for n, label in enumerate(TRUTH, start=1)}
 
 
 def check_imagenet(dataset, layout):
     """Layout, classes, labels, ids, ordering and RGB output all as expected."""
     assert dataset.layout == layout
-    assert dataset.classes == WNIDS
+    assert dataset.classes == list(IMAGENET_WNIDS)  # the 1000-way class list, whatever the folder holds
     ids = [r.image_id for r in dataset.records]
     assert ids == sorted(EXPECTED)
     assert {r.image_id: r.label for r in dataset.records} == EXPECTED
@@ -126,13 +130,18 @@ def test_loc_solution_csv(tmp_path, where):
     check_imagenet(load_imagenet_val(root), "loc_solution_csv")
 
 
-def test_loc_csv_classes_come_from_the_csv(tmp_path):
-    """A CSV row for an image that is not on disk still contributes its synset to the class list."""
+def test_loc_csv_labels_are_1000_way_and_unknown_synsets_are_refused(tmp_path):
+    """Formerly the CSV's own synsets were the class list (labels 0..k-1); now the labels are 1000-way
+    whatever the CSV holds, and a synset outside the 1000 is refused in one line naming it."""
     write_flat(tmp_path)
-    write_loc_csv(tmp_path / "LOC_val_solution.csv", [f"{val_name(10)},n01000000 1 1 5 5"])
+    write_loc_csv(tmp_path / "LOC_val_solution.csv", [f"{val_name(10)},n15075141 1 1 5 5"])
     dataset = load_imagenet_val(tmp_path)
-    assert dataset.classes == ["n01000000"] + WNIDS
-    assert {r.image_id: r.label for r in dataset.records} == {k: v + 1 for k, v in EXPECTED.items()}
+    assert dataset.classes == list(IMAGENET_WNIDS)
+    assert {r.image_id: r.label for r in dataset.records} == EXPECTED
+    write_loc_csv(tmp_path / "LOC_val_solution.csv", [f"{val_name(10)},n01000000 1 1 5 5"])
+    with pytest.raises(DataError) as info:
+        load_imagenet_val(tmp_path)
+    assert "n01000000" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("placement", ["devkit_in_parent", "files_in_root", "truth_in_devkit"])
@@ -153,6 +162,7 @@ def test_devkit_ground_truth(tmp_path, placement):
     check_imagenet(dataset, "devkit_ground_truth")
     # Using the devkit id as the class index would give different labels.
     assert [r.label for r in dataset.records] != [DEVKIT_ID[WNIDS[t]] - 1 for t in TRUTH]
+    assert [r.label for r in dataset.records] == [INDEX[t] for t in TRUTH]
 
 
 def test_detection_order(tmp_path):
@@ -307,11 +317,11 @@ def test_limit_through_loader(tmp_path):
     write_wnid_folders(tmp_path)
     dataset = load_imagenet_val(tmp_path, limit=6, seed=0)
     assert isinstance(dataset, ImageDataset) and len(dataset) == 6
-    assert Counter(r.label for r in dataset.records) == {0: 2, 1: 2, 2: 2}
+    assert Counter(r.label for r in dataset.records) == {INDEX[0]: 2, INDEX[1]: 2, INDEX[2]: 2}
     assert dataset.records == load_imagenet_val(tmp_path, limit=6, seed=0).records
     others = [load_imagenet_val(tmp_path, limit=6, seed=s).records for s in range(1, 6)]
     assert any(o != dataset.records for o in others)
-    assert dataset.classes == WNIDS  # a subset keeps the full class list
+    assert dataset.classes == list(IMAGENET_WNIDS)  # a subset keeps the full class list
 
 
 def test_record_is_frozen():

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import run_all
+from bagrepro.data.synsets import IMAGENET_WNIDS
 from bagrepro.models import create_model, get_spec, registry
 from bagrepro.models.weights import WeightsSpec, cache_path
 
@@ -31,7 +32,7 @@ def write_imagenet_devkit_layout(root, seed=0):
     """A flat validation folder of JPEGs (non-square, one greyscale) + ground truth + a 1000-synset devkit
     whose ILSVRC2012 ids are shuffled against the sorted wnids. Returns the sorted-wnid labels."""
     generator = np.random.default_rng(seed)
-    wnids = [f"n{10_000_000 + 7 * i:08d}" for i in range(NUM_SYNSETS)]
+    wnids = list(IMAGENET_WNIDS)  # a devkit must hold the 1000 ILSVRC-2012 synsets
     ids = generator.permutation(NUM_SYNSETS) + 1
     synsets = np.array([(int(i), w, "words", 0) for i, w in zip(ids, wnids)],
                        dtype=[(f, "O") for f in ("ILSVRC2012_ID", "WNID", "words", "num_children")])

@@ -1,12 +1,11 @@
 """ImageNet (ILSVRC2012) validation data in its common on-disk layouts, and generic image folders.
 
-Whatever the layout, a record's ``label`` is the index of its class in the sorted list of class names
-(for ImageNet, the sorted WordNet ids), which is the class order of torchvision's ImageNet models.
+In every ImageNet layout a record's ``label`` is the 1000-way class index of its synset (its position
+in the sorted list of the 1000 ILSVRC-2012 WordNet ids shipped in :mod:`bagrepro.data.synsets`, the
+class order of torchvision's ImageNet models and of the released BagNets), whatever subset of the
+synsets the folder holds, and ``dataset.classes`` is that full list of 1000 wnids. A synset outside
+the 1000 is a :class:`DataError`. A generic :func:`image_folder` numbers its own sorted class names.
 Records are sorted by ``image_id`` so that runs are deterministic.
-
-Note that for the folder layouts and the Kaggle CSV the class list is whatever the data holds: a folder
-with only some of the 1000 synsets gives labels into that shorter list. Check ``len(dataset.classes)``
-before scoring against a 1000-way classifier.
 """
 
 from __future__ import annotations
@@ -22,10 +21,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch.utils.data
 
+from bagrepro.data import synsets
 from bagrepro.data.images import is_image_file, open_rgb
 from bagrepro.errors import ConfigError, DataError
 
-WNID_RE = re.compile(r"n\d{8}")
+WNID_RE = synsets.WNID_RE
 VAL_IMAGE_RE = re.compile(r"ILSVRC2012_val_(\d{8})\.jpeg", re.IGNORECASE)
 LOC_CSV = "LOC_val_solution.csv"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
@@ -81,6 +81,23 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, record.label, record.image_id
+
+    @property
+    def is_imagenet(self) -> bool:
+        """Whether the labels are 1000-way ImageNet class indices (the classes are the 1000 synsets)."""
+        return tuple(self.classes) == synsets.IMAGENET_WNIDS
+
+    def describe(self, source=None) -> str:
+        """What the run used, for provenance and the report: images, and how many of the 1000 ImageNet
+        synsets (or of the folder's classes) they cover, e.g. '450 images of 9 of the 1000 ImageNet
+        synsets from DIR (imagefolder)'."""
+        present = len({record.label for record in self.records})
+        where = self.root if source is None else source
+        if self.is_imagenet:
+            what = f"{present} of the {len(self.classes)} ImageNet synsets"
+        else:
+            what = f"{present} of {len(self.classes)} classes"
+        return f"{len(self.records)} images of {what} from {where} ({self.layout})"
 
     def __repr__(self) -> str:
         return (
@@ -158,13 +175,25 @@ def _finish(records: list[ImageRecord], where: Path) -> list[ImageRecord]:
     return records
 
 
-def _class_folder_records(folder: Path, classes: list[str], image_id: Callable[[Path], str]):
+def _class_folder_records(folder: Path, labelled: Iterable[tuple[int, str]], image_id: Callable[[Path], str]):
+    """Records of the images under ``folder/<name>`` for each ``(label, name)``."""
     records = [
         ImageRecord(path, label, image_id(path))
-        for label, name in enumerate(classes)
+        for label, name in labelled
         for path in _walk_images(folder / name)
     ]
     return _finish(records, folder)
+
+
+def _imagenet_labels(wnids: Iterable[str], where) -> dict[str, int]:
+    """wnid -> 1000-way class index for each of ``wnids``; DataError naming the first (sorted) that is
+    not one of the 1000 ILSVRC-2012 synsets."""
+    wnids = sorted(set(wnids))
+    unknown = next((w for w in wnids if not synsets.is_imagenet_wnid(w)), None)
+    if unknown is not None:
+        raise DataError(f"{where}: synset {unknown} is not one of the 1000 ILSVRC-2012 classes "
+                        f"(a folder of other classes needs --profile custom with non-wnid folder names)")
+    return {wnid: synsets.imagenet_index(wnid) for wnid in wnids}
 
 
 # --------------------------------------------------------------------------------------------- layouts
@@ -186,8 +215,9 @@ def _find_imagefolder(root: Path):
 
 
 def _load_wnid_folders(folder: Path):
-    classes = _wnid_dirs(folder)
-    return _class_folder_records(folder, classes, lambda p: p.stem), classes
+    index_of = _imagenet_labels(_wnid_dirs(folder), folder)
+    labelled = [(index, wnid) for wnid, index in index_of.items()]
+    return _class_folder_records(folder, labelled, lambda p: p.stem), list(synsets.IMAGENET_WNIDS)
 
 
 def _flat_candidates(root: Path):
@@ -226,8 +256,7 @@ def _load_loc_csv(folder: Path, csv_path: Path):
             if not tokens or not WNID_RE.fullmatch(tokens[0]):
                 raise DataError(f"{csv_path} line {line}: no synset id at the start of PredictionString")
             wnid_of[row[0].strip()] = tokens[0]
-    classes = sorted(set(wnid_of.values()))
-    index_of = {wnid: i for i, wnid in enumerate(classes)}
+    index_of = _imagenet_labels(wnid_of.values(), csv_path)
     records = []
     for entry in os.scandir(folder):
         if VAL_IMAGE_RE.fullmatch(entry.name):
@@ -235,7 +264,7 @@ def _load_loc_csv(folder: Path, csv_path: Path):
             if stem not in wnid_of:
                 raise DataError(f"{csv_path} has no row for {Path(folder, entry.name)}")
             records.append(ImageRecord(Path(folder, entry.name), index_of[wnid_of[stem]], stem))
-    return _finish(records, folder), classes
+    return _finish(records, folder), list(synsets.IMAGENET_WNIDS)
 
 
 def _find_devkit(root: Path):
@@ -267,7 +296,15 @@ def _devkit_leaf_wnids(meta_path: Path) -> dict[int, str]:
 
 def _load_devkit(folder: Path, truth_path: Path, meta_path: Path):
     wnid_of_id = _devkit_leaf_wnids(meta_path)
-    classes = sorted(wnid_of_id.values())
+    leaves = sorted(wnid_of_id.values())
+    _imagenet_labels(leaves, meta_path)  # every leaf is one of the 1000
+    if leaves != list(synsets.IMAGENET_WNIDS):
+        missing = next((w for w in synsets.IMAGENET_WNIDS if w not in set(leaves)), None)
+        detail = f"first missing: {missing}" if missing else "some appear twice"
+        raise DataError(f"{meta_path}: its {len(leaves)} leaf synsets are not the 1000 ILSVRC-2012 classes "
+                        f"({detail})")
+    # the devkit's own ILSVRC2012_ID -> wnid, then the wnid's 1000-way index (sorted wnids = leaves)
+    classes = leaves
     index_of = {wnid: i for i, wnid in enumerate(classes)}
     truth = []
     for line, text in enumerate(truth_path.read_text().splitlines(), start=1):
@@ -344,5 +381,25 @@ def image_folder(root, transform=None, limit=None, seed=0) -> ImageDataset:
     classes = _subdirs(root)
     if not classes:
         raise DataError(f"no class folders in {root} (expected root/<class name>/<image files>)")
-    records = _class_folder_records(root, classes, lambda p: p.relative_to(root).with_suffix("").as_posix())
+    records = _class_folder_records(root, enumerate(classes), lambda p: p.relative_to(root).with_suffix("").as_posix())
     return ImageDataset(balanced_subset(records, limit, seed), classes, root, "imagefolder", transform)
+
+
+def load_images(root, transform=None, limit=None, seed=0) -> ImageDataset:
+    """``--data`` of a profile that takes any images: an ImageNet layout when ``root`` is one (then
+    1000-way labels, as :func:`load_imagenet_val`), else a generic :func:`image_folder`.
+
+    ``root`` is an ImageNet layout when :func:`detect_layout` finds one, except that a folder of class
+    folders counts as ImageNet only when every class folder is named by a wnid (``cats/``, ``dogs/``
+    and ``n01440764/`` together are a user's classes). A folder of wnid folders one of which is not an
+    ILSVRC-2012 synset is a :class:`DataError` naming it.
+    """
+    root = _check_root(root)
+    try:
+        layout, found = _detect(root)
+    except DataError:
+        return image_folder(root, transform, limit, seed)
+    if layout == "imagefolder" and any(not WNID_RE.fullmatch(name) for name in _subdirs(found[0])):
+        return image_folder(root, transform, limit, seed)
+    records, classes = _FINDERS[layout][1](*found)
+    return ImageDataset(balanced_subset(records, limit, seed), classes, root, layout, transform)
