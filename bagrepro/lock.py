@@ -47,9 +47,17 @@ def _holder(path: Path) -> dict | None:
         return {}
 
 
-def _is_stale(holder: dict) -> bool:
-    if not holder:  # unreadable: a run killed while writing it (it writes a few bytes at once)
-        return True
+#: seconds after which a lock file that cannot be parsed counts as left by a killed run (a live run
+#: writes its few bytes right after creating the file)
+UNREADABLE_LOCK_AGE_S = 10.0
+
+
+def _is_stale(holder: dict, path: Path) -> bool:
+    if not holder:  # unreadable: being written by a run starting now, or left by one killed doing so
+        try:
+            return time.time() - path.stat().st_mtime > UNREADABLE_LOCK_AGE_S
+        except FileNotFoundError:
+            return True
     return holder.get("host") == socket.gethostname() and not _process_exists(int(holder.get("pid", -1)))
 
 
@@ -72,7 +80,7 @@ def output_lock(out: Path, log=print) -> Iterator[Path]:
             holder = _holder(path)
             if holder is None:
                 continue
-            if not _is_stale(holder):
+            if not _is_stale(holder, path):
                 raise ConfigError(
                     f"{out} is in use by another run (host {holder.get('host')}, PID {holder.get('pid')}, "
                     f"started {holder.get('started')}); wait for it, use another --out, or remove {path} "

@@ -98,6 +98,14 @@ class UnitStore:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        #: files this store wrote or verified, with the (size, mtime) they had then: each unit file is
+        #: hashed once per run, not on every ``done``/``load`` (units of the paper profile reach GBs)
+        self._verified: dict[Path, tuple[int, int]] = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime_ns
 
     def _path(self, unit: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in unit)
@@ -110,6 +118,7 @@ class UnitStore:
     def _seal(self, path: Path) -> None:
         with atomic_path(self._checksum_path(path)) as temporary:
             temporary.write_text(file_sha256(path) + "\n")
+        self._verified[path] = self._stamp(path)
 
     def _intact(self, path: Path) -> bool:
         """Whether ``path`` is there with a matching checksum; a damaged file is reported in one line
@@ -118,6 +127,8 @@ class UnitStore:
         if not path.is_file():
             checksum.unlink(missing_ok=True)
             return False
+        if self._verified.get(path) == self._stamp(path) and checksum.is_file():
+            return True
         try:
             intact = checksum.read_text().strip() == file_sha256(path)
         except OSError:  # no checksum: killed between the file and its checksum, or written by hand
@@ -127,6 +138,8 @@ class UnitStore:
                   file=sys.stderr)
             path.unlink(missing_ok=True)
             checksum.unlink(missing_ok=True)
+        else:
+            self._verified[path] = self._stamp(path)
         return intact
 
     def done(self, unit: str) -> bool:
@@ -169,6 +182,7 @@ class UnitStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._verified.clear()
 
 
 def read_unit_frames(store: UnitStore, units: list[str]) -> dict[str, pd.DataFrame]:

@@ -238,3 +238,13 @@ def test_a_download_cut_off_half_way_is_not_kept(tmp_path, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_lock_being_written_is_respected_and_an_old_unreadable_one_is_taken_over(tmp_path, capsys):
+    (tmp_path / LOCK_NAME).write_text("")  # a run that created its lock a moment ago and writes it now
+    assert run_all.main([*SMOKE, "--out", str(tmp_path)]) == 2
+    assert "is in use by another run" in capsys.readouterr().err
+    old = time.time() - 60  # the same half-written lock a minute later: its run was killed
+    os.utime(tmp_path / LOCK_NAME, (old, old))
+    assert run_all.main([*SMOKE, "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / LOCK_NAME).exists()

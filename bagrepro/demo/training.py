@@ -224,15 +224,16 @@ def read_training_record(name: str, world: DemoWorld, recipe: TrainRecipe | None
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _load_cached(entry, world: DemoWorld, path: Path) -> nn.Module | None:
-    """The cached model at ``path`` in eval mode, or None when the file is damaged (its SHA-256 differs
-    from the one recorded beside it, or it cannot be loaded): reported in one line, then retrained."""
+def _load_cached(entry, world: DemoWorld, path: Path, into: nn.Module | None = None) -> nn.Module | None:
+    """The cached model at ``path`` (loaded into ``into`` when given, else into a new one) in eval mode,
+    or None when the file is damaged (its SHA-256 differs from the one recorded beside it, or it
+    cannot be loaded): reported in one line, then retrained."""
     record_path = path.with_suffix(".json")
     try:
         recorded = json.loads(record_path.read_text()).get("sha256") if record_path.exists() else None
         if recorded is not None and recorded != file_sha256(path):
             raise ValueError("its SHA-256 does not match the training record")
-        model = entry.build(world.num_classes)
+        model = entry.build(world.num_classes) if into is None else into
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
     except Exception as error:  # noqa: BLE001  (torch.load raises many kinds on a damaged file)
@@ -242,14 +243,15 @@ def _load_cached(entry, world: DemoWorld, path: Path) -> nn.Module | None:
 
 
 def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, force: bool = False,
-                progress: bool = True) -> nn.Module:
+                progress: bool = True, into: nn.Module | None = None) -> nn.Module:
     """Demo model ``name`` trained on ``world`` with ``recipe`` (default: :func:`default_recipe`),
-    from the cache or trained now (and cached) when missing or ``force``; in eval mode."""
+    from the cache or trained now (and cached) when missing or ``force``; in eval mode. ``into``: a
+    freshly built model of ``name`` to load the weights into (returned), instead of a new one."""
     entry = demo_model(name)
     recipe = recipe or entry.recipe
     path = model_path(name, world, recipe)
     if path.exists() and not force:
-        model = _load_cached(entry, world, path)
+        model = _load_cached(entry, world, path, into)
         if model is not None:
             return model
     start = time.perf_counter()
@@ -270,6 +272,9 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
         accuracies = ", ".join(f"{group} {value:.3f}" for group, value in record["val_accuracy"].items()
                                if not math.isnan(value))  # NaN: an empty group
         tqdm.write(f"trained {name} in {seconds:.0f} s; validation top-1: {accuracies}", file=sys.stderr)
+    if into is not None:  # training builds its own (seeded by the recipe); the caller's gets the weights
+        into.load_state_dict(model.state_dict())
+        return into.eval()
     return model
 
 
@@ -278,7 +283,7 @@ def trained_weights(model: nn.Module, spec, weights_dir, progress: bool, force: 
     weights of ``spec.name`` trained on the demo profile's world (:func:`get_trained`: from the cache,
     or trained now) into ``model``; returns their provenance. ``weights_dir`` is not used."""
     world = demo_world()
-    model.load_state_dict(get_trained(spec.name, world, force=force, progress=progress).state_dict())
+    get_trained(spec.name, world, force=force, progress=progress, into=model)  # the cached file goes straight in
     return f"trained by bagrepro.demo.training on demo world {world.config.fingerprint}: {model_path(spec.name, world)}"
 
 
