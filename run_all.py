@@ -11,6 +11,9 @@
     python run_all.py --list --experiment masking       # an experiment's settings on a profile
     python run_all.py --profile paper --data DIR --check-data
                                                         # decode every image, list the unreadable ones
+    python run_all.py --profile custom --data DIR --train
+                                                        # fine-tune the zoo on DIR/train, DIR/val, then
+                                                        # every experiment on DIR/test
 """
 
 from __future__ import annotations
@@ -50,13 +53,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="check every image once before the first experiment (as --check-data) and leave the "
                              "unreadable ones out of the run; each experiment lists them in "
                              "results/<experiment>/skipped.csv (without this flag an unreadable image stops the run)")
+    parser.add_argument("--train", action="store_true",
+                        help="custom profile: --data DIR holds train/ and val/ (and optionally test/) ImageFolders; "
+                             "train the zoo (or --models) on them first, with a new head for DIR's classes, then run "
+                             "every experiment on DIR/test (DIR/val without it); trained weights are cached and an "
+                             "interrupted training resumes from its last epoch")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="with --train: start from random weights instead of the models' ImageNet weights")
+    parser.add_argument("--recipe", nargs="+", metavar="KEY=VALUE",
+                        help="with --train: change the training recipe, e.g. --recipe epochs=30 lr=0.003 "
+                             "(run_all.py --list shows every key and its default)")
     parser.add_argument("--weights-dir", help="folder holding weight files you downloaded yourself")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT, help="folder for results/ and figures/ (default: the repo)")
     parser.add_argument("--force", action="store_true",
-                        help="recompute finished units instead of reusing them (demo profile: also retrain the demo zoo)")
+                        help="recompute finished units instead of reusing them (demo profile, --train: also retrain "
+                             "the models)")
     parser.add_argument("--figures-only", action="store_true", help="only make figures from existing CSVs")
     parser.add_argument("--list", action="store_true",
                         help="list experiments, profiles and models (with --experiment: its settings), then exit")
@@ -85,7 +99,21 @@ def list_settings(experiment_names: list[str], profile_name: str) -> None:
             print(f"  {field:<16} {kind:<28} {value!r}{changed}")
 
 
-def list_everything() -> None:
+def list_recipe(pairs: list[str] | None) -> None:
+    """The training recipe of --train: field, type, value (with --recipe's changes) and the default."""
+    from bagrepro.recipe import FINETUNE_RECIPE
+    from bagrepro.settings import describe
+    from bagrepro.tuning import FINETUNE_ZOO, parse_recipe
+
+    print("training recipe of --profile custom --data DIR --train (change with --recipe KEY=VALUE):")
+    for field, kind, _, value in describe(parse_recipe(pairs)):
+        default = getattr(FINETUNE_RECIPE, field)
+        changed = "" if value == default else f"   (default: {default!r})"
+        print(f"  {field:<24} {kind:<14} {value!r}{changed}")
+    print(f"  models trained by default: {', '.join(FINETUNE_ZOO)} (as tuned_<name>)")
+
+
+def list_everything(recipe_pairs: list[str] | None = None) -> None:
     from bagrepro.models import get_spec, list_models
     from bagrepro.profiles import activate
     from bagrepro.runner import discover_experiments
@@ -105,6 +133,7 @@ def list_everything() -> None:
         field = f"q={spec.receptive_field}" if spec.is_bagnet else "deep"
         weights = spec.weights.url if spec.weights else ("trained by recipe" if spec.weights_loader else "none")
         print(f"  {name:<20} {field:<6} {spec.num_classes:>5} classes  weights: {weights}")
+    list_recipe(recipe_pairs)
 
 
 def main(argv=None) -> int:
@@ -119,7 +148,7 @@ def main(argv=None) -> int:
             if args.experiments:
                 list_settings(args.experiments, args.profile)
             else:
-                list_everything()
+                list_everything(args.recipe)
             return 0
         options = RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)})
         from bagrepro import distributed

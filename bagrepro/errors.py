@@ -15,6 +15,11 @@ class ConfigError(BagreproError):
     """Unknown experiment, model, profile or flag value."""
 
 
+class MissingRoleError(ConfigError):
+    """The run has no model standing in for a paper role an experiment needs: the runner skips that
+    experiment with this line and goes on."""
+
+
 class WeightsError(BagreproError):
     """Weights that cannot be found, downloaded, verified or loaded."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingRoleError
 
 #: the paper's models, by role; the paper profile uses the zoo entries of the same names
 #: (in order of preference when one stand-in covers several roles)
@@ -63,7 +63,11 @@ class Profile:
         try:
             return self.stand_ins[role]
         except KeyError:
-            raise ConfigError(f"profile '{self.name}' has no model for the role '{role}'") from None
+            raise MissingRoleError(f"no model of this run stands in for the paper's '{role}' "
+                                   f"(profile '{self.name}')") from None
+
+    def has_role(self, role: str) -> bool:
+        return role in self.stand_ins
 
     def role_of(self, model_name: str) -> str | None:
         """The paper role a zoo model stands in for (the first in PAPER_ROLES order), or None."""
@@ -72,6 +76,13 @@ class Profile:
     def overrides(self, experiment: str) -> Mapping[str, object]:
         """This profile's overrides of ``experiment``'s settings (may be empty)."""
         return self.settings.get(experiment, MappingProxyType({}))
+
+
+def stand_ins(roles: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """Paper role -> zoo name from each model's roles (``{name: (own role, other roles it covers)}``):
+    a model's own role (its first) wins over another model that merely covers it."""
+    return ({role: name for name, covered in roles.items() for role in covered[1:]}
+            | {covered[0]: name for name, covered in roles.items() if covered})
 
 
 def frozen(mapping: dict) -> MappingProxyType:

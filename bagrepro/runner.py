@@ -26,12 +26,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, settings as settings_schema
+from . import distributed, settings as settings_schema, tuning
 from .cache import config_hash
 from .data.check import Unreadable, find_unreadable
 from .data.imagenet import load_imagenet_val, load_images
 from .data.imagesets import FileImageSet, default_workers, smoke_images
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, MissingRoleError
 from .lock import output_lock, remove_stale_temporaries
 from .models import create_model, get_spec, resolve_model_names
 from .models.fast import fuse_for_inference
@@ -160,6 +160,12 @@ class RunOptions:
     check_data: bool = False
     #: check once before the first experiment and leave the unreadable images out of the run
     skip_unreadable: bool = False
+    #: custom profile: train the zoo on --data's train/ and val/ splits first (:mod:`bagrepro.tuning`)
+    train: bool = False
+    #: with --train: start from random weights instead of ImageNet's
+    from_scratch: bool = False
+    #: with --train: KEY=VALUE overrides of the training recipe
+    recipe: list[str] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,6 +195,8 @@ def _file_dataset(options: RunOptions, profile: Profile):
     """The records of --data (after --limit) for the file image sources, without decoding anything."""
     if options.data is None:
         raise ConfigError(f"profile '{profile.name}' needs --data DIR (an image folder)")
+    if options.train:  # the experiments of a --train run see DIR's test split, labelled by its train split
+        return tuning.evaluation_dataset(options.data, limit=_num_images(options, profile), seed=options.seed)
     # any --data: an ImageNet layout (1000-way labels, whatever synsets it holds) or else an ImageFolder
     loader = load_imagenet_val if profile.data == "imagenet" else load_images
     return loader(options.data, limit=_num_images(options, profile), seed=options.seed)
@@ -243,11 +251,14 @@ def check_data(options: RunOptions, log=print) -> int:
         _refuse_data(options, profile)
         log(f"profile '{profile.name}' makes its own images: there are no image files to check")
         return 0
-    dataset = _file_dataset(options, profile)
-    bad = find_unreadable(dataset.records, default_workers(), quiet=options.quiet)
+    if options.train:  # every split the run reads
+        records = [r for split in tuning.load_your_data(options.data).splits.values() for r in split.records]
+    else:
+        records = _file_dataset(options, profile).records
+    bad = find_unreadable(records, default_workers(), quiet=options.quiet)
     for item in bad:
         log(f"{item.path}: {item.reason}")
-    log(f"checked {len(dataset)} images in {options.data}: {len(bad)} unreadable")
+    log(f"checked {len(records)} images in {options.data}: {len(bad)} unreadable")
     return 2 if bad else 0
 
 
@@ -257,9 +268,6 @@ class RunContext:
     def __init__(self, options: RunOptions):
         self.options = options
         self.profile: Profile = activate(get_profile(options.profile))  # its plugin registers models, images
-        self.model_names = resolve_model_names(options.models) if options.models else list(self.profile.models)
-        if not self.model_names:
-            raise ConfigError(f"profile '{self.profile.name}' has no default models; name them with --models")
         self.device = resolve_device(options.device)
         if self.device.type == "cuda" and distributed.is_distributed():  # torchrun: one GPU per process
             self.device = torch.device("cuda", distributed.local_rank())
@@ -268,6 +276,23 @@ class RunContext:
         self.batch_size = options.batch_size or self.profile.batch_size
         self.force = options.force
         self.quiet = options.quiet or not distributed.is_main()  # under torchrun, rank 0 speaks
+        #: the models trained on --data in this run (--train), or None
+        self.tuned: tuning.TunedZoo | None = None
+        if options.train:
+            if self.profile.name != "custom":
+                raise ConfigError(f"--train trains the zoo on --data DIR: use it with --profile custom, "
+                                  f"not '{self.profile.name}'")
+            self.tuned = tuning.prepare(options.data, options.models, options.recipe, options.from_scratch,
+                                        self.device, options.skip_unreadable, self.quiet, log=self.say)
+            self.profile = self.tuned.profile(self.profile)
+            self.model_names = self.tuned.names
+        else:
+            if options.from_scratch or options.recipe:
+                raise ConfigError("--from-scratch and --recipe set how --train trains: add --train "
+                                  "(with --profile custom --data DIR)")
+            self.model_names = resolve_model_names(options.models) if options.models else list(self.profile.models)
+        if not self.model_names:
+            raise ConfigError(f"profile '{self.profile.name}' has no default models; name them with --models")
         self._models: dict[str, torch.nn.Module] = {}
         self._images = None
         self._forced: set[Path] = set()
@@ -386,6 +411,8 @@ class RunContext:
         which images --skip-unreadable left out (only when it left any out)."""
         config = {"profile": self.profile.name, "data": self.options.data, "limit": self.options.limit,
                   "seed": self.seed, "num_images": self.num_images}
+        if self.tuned is not None:  # units of models trained another way are not these
+            config["training"] = self.tuned.run_key
         if self.skipped:
             config["skipped_ids_hash"] = config_hash(sorted(s.image_id for s in self.skipped))
         return config
@@ -457,8 +484,22 @@ class RunContext:
 
     # ---- models ---------------------------------------------------------------------------------
     def role(self, role: str) -> str:
-        """The zoo name standing in for a paper role ('vgg16', 'resnet50', ...) in this profile."""
+        """The zoo name standing in for a paper role ('vgg16', 'resnet50', ...) in this profile; a
+        :class:`~bagrepro.errors.MissingRoleError` (the runner skips the experiment) when none does."""
         return self.profile.role(role)
+
+    def present_roles(self, roles) -> list[str]:
+        """Those of ``roles`` some model of this run stands in for; each missing one is said in a line
+        (an experiment that can do without them leaves them out)."""
+        missing = [role for role in roles if not self.profile.has_role(role)]
+        for role in missing:
+            self.say(f"[{self.name}] no model of this run stands in for the paper's '{role}': left out")
+        return [role for role in roles if role not in missing]
+
+    def say(self, line: str) -> None:
+        """A line for the user (rank 0 only, not with --quiet), above any progress bar."""
+        if not self.quiet:
+            tqdm.write(line)
 
     def model(self, name: str) -> torch.nn.Module:
         """The model as built (eager, eval mode, on the run's device), loaded once per run."""
@@ -513,6 +554,27 @@ class RunContext:
 
 #: unreadable images a --skip-unreadable run names in its log (all of them are in skipped.csv)
 SKIPPED_SHOWN = 10
+#: where a --train run lists its trained models (read by the report)
+TRAINING_CSV = Path("results") / "training" / "models.csv"
+
+
+def train_zoo(ctx: RunContext, log) -> Path:
+    """--train: train every model of the run on --data (or load it from the cache), one after another,
+    then write ``results/training/models.csv`` (model, base, role, recipe, images, validation top-1,
+    seconds) with a provenance sidecar."""
+    import pandas as pd
+
+    for name in ctx.model_names:
+        ctx.model(name)
+    recipe = dataclasses.asdict(ctx.tuned.recipe)
+    meta = {"profile": ctx.profile.name, "data": str(ctx.options.data), "recipe": recipe,
+            "from_scratch": ctx.tuned.from_scratch, "classes": ctx.tuned.data.classes,
+            "models": {name: ctx.model(name).weights_source for name in ctx.model_names},
+            "device": str(ctx.device), "torch_threads": torch.get_num_threads(), "packages": package_versions(),
+            "commit": git_commit()}
+    path = write_csv(pd.DataFrame(ctx.tuned.table()), Path(ctx.options.out) / TRAINING_CSV, meta)
+    log(f"[training] wrote {path}")
+    return path
 
 
 def run_stages(options: RunOptions, log=print) -> dict[str, float]:
@@ -553,6 +615,10 @@ def _run_stages(options: RunOptions, experiments: list[Experiment], log) -> dict
                     log(f"  {item.path}: {item.reason}")
                 if len(skipped) > SKIPPED_SHOWN:
                     log(f"  ... and {len(skipped) - SKIPPED_SHOWN} more")
+        if ctx.tuned is not None and distributed.is_main():
+            start = time.perf_counter()
+            train_zoo(ctx, log)
+            timings["training"] = time.perf_counter() - start
         if distributed.is_distributed():  # rank 0 downloads or trains missing weights; the rest read caches
             if distributed.is_main():
                 for name in ctx.model_names:
@@ -566,6 +632,8 @@ def _run_stages(options: RunOptions, experiments: list[Experiment], log) -> dict
             try:
                 experiment.run(ctx)
                 ctx.write_skipped()
+            except MissingRoleError as error:  # e.g. a --train run without a VGG: the rest still runs
+                log(f"[{experiment.name}] skipped: {error}")
             finally:
                 timings[experiment.name] = ctx.end()
     if not distributed.is_main():

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from bagrepro import attribution, paper
+from bagrepro.errors import MissingRoleError
 from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
@@ -68,9 +69,9 @@ class Settings:
             attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
 
 
-def methods(settings: Settings) -> list[tuple[str, int]]:
-    """(method, seed) pairs: the white-box methods, the BagNets, and random orders."""
-    return ([(m, -1) for m in settings.white_box] + [(role, -1) for role in BAGNET_ROLES]
+def methods(settings: Settings, bagnet_roles=BAGNET_ROLES) -> list[tuple[str, int]]:
+    """(method, seed) pairs: the white-box methods, the BagNets (those of ``bagnet_roles``), and random orders."""
+    return ([(m, -1) for m in settings.white_box] + [(role, -1) for role in bagnet_roles]
             + [("random", seed) for seed in range(settings.random_seeds)])
 
 
@@ -140,8 +141,12 @@ def table1(curves: pd.DataFrame) -> pd.DataFrame:
 def run(ctx: RunContext) -> None:
     settings = ctx.settings
     store = ctx.units(settings)
-    tested = list(dict.fromkeys(ctx.role(role) for role in settings.tested_roles))
-    units = {f"{name}__{method}__{seed}": (name, method, seed) for name in tested for method, seed in methods(settings)}
+    # roles without a model in this run are left out, with a line (none left: the experiment is skipped)
+    tested = list(dict.fromkeys(ctx.role(role) for role in ctx.present_roles(settings.tested_roles)))
+    if not tested:
+        raise MissingRoleError(f"no model of this run stands in for a tested model ({', '.join(settings.tested_roles)})")
+    heatmap_methods = methods(settings, ctx.present_roles(BAGNET_ROLES))
+    units = {f"{name}__{method}__{seed}": (name, method, seed) for name in tested for method, seed in heatmap_methods}
 
     def compute(unit: str) -> pd.DataFrame:
         name, method, seed = units[unit]
@@ -193,10 +198,10 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
 
 def _example_figure(examples, figures_dir: Path) -> list[Path]:
     keys = [k for k in examples.files if not k.startswith("image/")]
-    model = keys[0].split("/")[0]
-    image_id = keys[0].split("/")[2]
-    shown = [k for k in keys if k.startswith(f"{model}/") and k.endswith(f"/{image_id}")]
-    fig, axes = new_figure(1, len(shown) + 1, figsize=(1.6 * (len(shown) + 1), 1.9))
+    model, _, image_id = keys[0].split("/", 2)  # an image id may hold '/' (a class folder's file)
+    shown = [k for k in keys if k.split("/", 2)[0] == model and k.split("/", 2)[2] == image_id]
+    fig, axes = new_figure(1, len(shown) + 1, figsize=(1.6 * (len(shown) + 1), 1.9), squeeze=False)
+    axes = axes[0]
     axes[0].imshow(np.clip(examples[f"image/{image_id}"].astype(np.float32).transpose(1, 2, 0), 0, 1))
     axes[0].set_title(image_id, fontsize=6)
     for ax, key in zip(axes[1:], shown):

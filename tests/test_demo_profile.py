@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import run_all
-from bagrepro.demo import DEMO_ROLES, stand_ins, store, training, zoo
-from bagrepro.profiles import PROFILES
+from bagrepro.demo import DEMO_ROLES, store, training, zoo
+from bagrepro.profiles import PROFILES, stand_ins
 
 MODELS = ["demo_bagnet9", "demo_resnet50"]
 
@@ -35,7 +35,7 @@ def test_demo_roles_and_models_come_from_the_demo_zoo_table():
         assert all(DEMO_ROLES[role] == name for role in entry.roles)  # each entry stands in for its roles
     # one more entry whose own role another entry covered so far takes that role over
     extra = dataclasses.replace(zoo.DEMO_ZOO["demo_vgg16"], roles=("vgg11",), paper_name="VGG-11 (demo)")
-    roles = stand_ins({**zoo.DEMO_ZOO, "demo_vgg11": extra})
+    roles = stand_ins({name: entry.roles for name, entry in {**zoo.DEMO_ZOO, "demo_vgg11": extra}.items()})
     assert roles["vgg11"] == "demo_vgg11" and roles["vgg16"] == "demo_vgg16"
     assert PROFILES["demo"].models == tuple(zoo.DEMO_ZOO)
     assert PROFILES["demo"].role_of("demo_vgg16") == "vgg16" and PROFILES["demo"].role("resnet152") == "demo_resnet50"

@@ -204,7 +204,7 @@ def test_a_damaged_demo_model_is_trained_again(capsys):
     path.write_bytes(bytes(data))
     capsys.readouterr()
     again = training.get_trained("demo_bagnet9", world, recipe, progress=False).state_dict()
-    assert f"cached demo model {path} is damaged" in capsys.readouterr().err
+    assert f"cached trained model {path} is damaged" in capsys.readouterr().err
     assert all(torch.equal(first[key], again[key]) for key in first)  # retrained: the same weights
 
 

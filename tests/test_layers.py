@@ -16,11 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: bagrepro's layers, first to last; a module may import its own layer and the layers before it
 LAYERS = {
-    "core": {"errors", "cache", "atomic", "paper", "settings", "metrics"},
+    "core": {"errors", "cache", "atomic", "paper", "settings", "metrics", "recipe"},
     "data": {"data"},
     "models": {"models"},
-    "methods": {"heatmaps", "heatmap_cache", "attribution", "masking", "scrambling", "patches"},
-    "harness": {"runner", "profiles", "results", "report", "distributed", "predictions", "plotting", "lock"},
+    "methods": {"heatmaps", "heatmap_cache", "attribution", "masking", "scrambling", "patches", "training"},
+    "harness": {"runner", "profiles", "results", "report", "distributed", "predictions", "plotting", "lock",
+                "tuning"},
     "plugin": {"demo"},
 }
 ORDER = list(LAYERS)

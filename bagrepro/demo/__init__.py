@@ -10,20 +10,11 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from ..profiles import Profile, frozen, register_profile
+from ..profiles import Profile, frozen, register_profile, stand_ins
 from .zoo import DEMO_ZOO
 
-
-
-def stand_ins(zoo: dict) -> dict[str, str]:
-    """Paper role -> zoo name for a table of :class:`~bagrepro.demo.zoo.DemoModel` entries: each
-    entry's roles; an entry's own role (its first) wins over another entry that also covers it."""
-    return ({role: name for name, entry in zoo.items() for role in entry.roles[1:]}
-            | {entry.role: name for name, entry in zoo.items()})
-
-
 #: paper role -> demo model (one VGG and one ResNet stand in for both sizes of each)
-DEMO_ROLES = stand_ins(DEMO_ZOO)
+DEMO_ROLES = stand_ins({name: entry.roles for name, entry in DEMO_ZOO.items()})
 
 DEMO_PROFILE = register_profile(Profile(
     name="demo",

@@ -22,39 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..recipe import TrainRecipe
 
 #: the architecture families :mod:`bagrepro.demo.architectures` builds (one function of each name)
 FAMILIES = ("bagnet", "vgg", "resnet", "densenet")
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How a demo model is trained.
-
-    optimizer: 'adamw' (beta1 = momentum) or 'sgd' (momentum, optionally Nesterov); weight decay
-    applies to weights, not to biases or normalisation parameters. The learning rate rises linearly
-    from 0 over ``warmup_epochs`` to ``lr`` and follows a half cosine to 0 at the end; the last
-    partial batch of an epoch is dropped. Augmentation: random horizontal / vertical flips (they
-    keep every demo-world class: textures, lattices and arrangements are all closed under flips).
-    channels_last: train in channels-last memory format (faster on CPUs; the weights returned are
-    ordinary contiguous tensors). bn_recalibration_images: training images used to re-estimate
-    BatchNorm statistics after training (0: keep the running averages).
-    """
-
-    epochs: int = 4
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.3
-    label_smoothing: float = 0.0
-    hflip: bool = True
-    vflip: bool = True
-    channels_last: bool = True
-    seed: int = 0
-    bn_recalibration_images: int = 1000
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,11 @@ class ModelSpec:
     def is_bagnet(self) -> bool:
         return self.receptive_field is not None
 
+    def __deepcopy__(self, memo):
+        """The entry itself: it is immutable, and a deep-copied model (an inference copy) shares its
+        zoo entry rather than copying what the builder or weights loader hold (a trainer's images)."""
+        return self
+
     @property
     def display_name(self) -> str:
         return self.paper_name or self.name

@@ -56,6 +56,8 @@ _TORCHVISION_MODELS = {
     "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1, "VGG-16"),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "ResNet-50"),
     "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights.IMAGENET1K_V1, "ResNet-152"),
+    # not one of the paper's models: the reproducibility report's (15-scene) table has it
+    "densenet121": (torchvision.models.densenet121, torchvision.models.DenseNet121_Weights.IMAGENET1K_V1, "DenseNet-121"),
     "densenet169": (torchvision.models.densenet169, torchvision.models.DenseNet169_Weights.IMAGENET1K_V1, "DenseNet-169"),
 }
 
