@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
+
+
+def proportion_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) ``level`` confidence interval of a binomial proportion, e.g. the
+    accuracy of ``successes`` correct answers on ``trials`` images; (nan, nan) when ``trials`` is 0."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    interval = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="exact")
+    return float(interval.low), float(interval.high)
 
 
 def error_consistency(correct_a: np.ndarray, correct_b: np.ndarray) -> float:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import paper
 from .atomic import atomic_path
+from .metrics import proportion_interval
 
 COMPARISON_COLUMNS = ("metric", "ours", "paper", "difference")
 
@@ -114,6 +116,66 @@ def _scope_html(sections: list[tuple[str, list[dict]]]) -> str:
             f"measure how well the paper reproduces (run the paper profile for that).</p>")
 
 
+def _accuracy_cell(correct: int, total: int) -> tuple[str, tuple[float, float]]:
+    """'0.907 [0.889, 0.923] (n=1200)' and the interval (exact 95 %)."""
+    if not total:
+        return "", (float("nan"), float("nan"))
+    low, high = proportion_interval(correct, total)
+    return f"{correct / total:.3f} [{low:.3f}, {high:.3f}] (n={total})", (low, high)
+
+
+def _verdict(reference, interval: tuple[float, float]) -> str:
+    """Whether the report's value lies inside our 95 % interval."""
+    if reference is None or pd.isna(interval[0]):
+        return ""
+    return "inside ours" if interval[0] <= reference <= interval[1] else "outside ours"
+
+
+def _correct_counts(path: Path, **where) -> dict[str, tuple[int, int]]:
+    """model -> (correct top-1, images) from a predictions CSV, over the rows matching ``where``."""
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path)
+    for column, value in where.items():
+        frame = frame[frame[column] == value]
+    grouped = frame.groupby("model")["correct_top1"]
+    return {model: (int(round(total)), int(count)) for model, total, count in
+            zip(grouped.sum().index, grouped.sum().to_numpy(), grouped.size().to_numpy())}
+
+
+def _training_html(out: Path) -> str:
+    """A --train run: the reproducibility report's table (validation, test, 4x4-scrambled test top-1
+    per model) with ours beside it, each of ours with its exact 95 % interval."""
+    path = out / "results" / "training" / "models.csv"
+    if not path.is_file():
+        return ""
+    models = pd.read_csv(path)
+    test = _correct_counts(out / "results" / "accuracy" / "predictions.csv")
+    scrambled = _correct_counts(out / "results" / "scrambling" / "predictions.csv", method="tiles", grid=4)
+    rows = []
+    for row in models.itertuples(index=False):
+        report = paper.REPRODUCIBILITY_15SCENE.get(row.base) or paper.REPRODUCIBILITY_15SCENE.get(row.role)
+        report = report or (None, None, None)
+        cells = {"model": row.model, "trained": "from scratch" if row.from_scratch else "fine-tuned"}
+        for label, (correct, total), reference in (
+                ("validation", (row.val_correct, row.val_images), report[0]),
+                ("test", test.get(row.model, (0, 0)), report[1]),
+                ("4x4 scrambled test", scrambled.get(row.model, (0, 0)), report[2])):
+            text, interval = _accuracy_cell(int(correct or 0), int(total or 0))
+            cells[f"{label}: ours"] = text or "not run"
+            cells[f"{label}: report"] = "" if reference is None else f"{reference:.3f}"
+            cells[f"{label}: report vs ours"] = _verdict(reference, interval)
+        rows.append(cells)
+    return ("<h2 id='training'>Trained on your data: the reproducibility report's table</h2>"
+            f"<p>{len(models)} models trained on {html.escape(str(models['data'].iloc[0]))} (fingerprint "
+            f"{html.escape(str(models['data_fingerprint'].iloc[0]))}) by <code>run_all.py --train</code>; test and scrambled accuracy from the accuracy "
+            "and scrambling experiments on the test split. <em>report</em>: the reproducibility report's 15-scene "
+            "numbers (1200/300 train/val, 1200 test images, 224 px), the same protocol on its data set; they "
+            "compare with ours only when your data is that data set. Ours with exact (Clopper-Pearson) 95 % "
+            "intervals over images; <em>report vs ours</em> says whether the report's value lies inside "
+            "our interval (outside: this sample resolves the difference).</p>" + _table_html(pd.DataFrame(rows)))
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -163,6 +225,7 @@ def build_report(out: Path, experiments) -> Path:
             f"<p>Generated {stamp} by bagrepro from the CSVs under results/. Paper values: the paper and its "
             f"reproducibility report (see each table's <em>paper</em> column).</p>"
             + _scope_html(sections)
+            + _training_html(out)
             + "\n".join(body)
             + f"<h2 id='provenance'>Provenance</h2>{_provenance_html(sections)}{IMAGE_CHECK}</body></html>")
     path = out / "figures" / "report.html"

@@ -497,8 +497,8 @@ class RunContext:
         return [role for role in roles if role not in missing]
 
     def say(self, line: str) -> None:
-        """A line for the user (rank 0 only, not with --quiet), above any progress bar."""
-        if not self.quiet:
+        """A line for the user (rank 0 only; --quiet turns off progress bars, not these), above any bar."""
+        if distributed.is_main():
             tqdm.write(line)
 
     def model(self, name: str) -> torch.nn.Module:

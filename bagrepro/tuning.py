@@ -322,7 +322,7 @@ class TunedZoo:
                          "image_size": self.recipe.image_size, "train_images": record.get("train_images"),
                          "val_images": record.get("val_images"), "val_correct": record.get("val_correct"),
                          "val_top1": record.get("val_top1"), "train_seconds": record.get("train_seconds"),
-                         "data_fingerprint": self.data.fingerprint})
+                         "data": str(self.data.root), "data_fingerprint": self.data.fingerprint})
         return rows
 
 
