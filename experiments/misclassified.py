@@ -7,8 +7,8 @@ classes. Selection: a seeded choice among the images both models misclassify (to
 accuracy experiment's units (reused).
 
 Writes ``results/misclassified/images.csv`` (image_id, true class, each model's prediction and its
-probabilities of the true and predicted classes), ``patches.csv`` (image_id, class kind, rank, row,
-col, logit) and ``panels.npz`` (images and heatmaps for the figure).
+probabilities of the true and predicted classes, both classes' names), ``patches.csv`` (image_id,
+class kind, rank, row, col, logit, class name) and ``panels.npz`` (images and heatmaps for the figure).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from matplotlib.patches import Rectangle
 
+from bagrepro.data.synsets import display_name
 from bagrepro.heatmap_cache import cached_heatmaps
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
@@ -49,6 +50,7 @@ def run(ctx: RunContext) -> None:
     position = {image_id: i for i, image_id in enumerate(ctx.images().image_ids)}
     image_rows, patch_rows = [], []
     panels = {"ids": np.array(chosen)}
+    class_names = [display_name(c) for c in ctx.images().classes]
     if chosen:
         images, labels, ids = map(list, zip(*[(b, l, i) for b, l, i in
                                               ctx.images().subset([position[c] for c in chosen]).batches(len(chosen))]))
@@ -70,20 +72,24 @@ def run(ctx: RunContext) -> None:
                     index = best.indices[n, rank].item()
                     patch_rows.append({"image_id": image_id, "kind": kind, "class": int(classes[n]), "rank": rank,
                                        "row": index // width * BAGNET_STRIDE, "col": index % width * BAGNET_STRIDE,
-                                       "size": bagnet.zoo_spec.receptive_field, "logit": best.values[n, rank].item()})
+                                       "size": bagnet.zoo_spec.receptive_field, "logit": best.values[n, rank].item(),
+                                       "class_name": class_names[int(classes[n])]})
         rows = np.arange(len(ids))
         for model_name, probabilities in ((bagnet_name, p_bagnet), (vgg_name, p_vgg)):
             own = probabilities.argmax(1)
             for n, image_id in enumerate(ids):
                 image_rows.append({"image_id": image_id, "model": model_name, "true_class": int(labels[n]),
                                    "predicted_class": int(own[n]), "p_true": probabilities[rows[n], labels[n]].item(),
-                                   "p_predicted": probabilities[rows[n], own[n]].item()})
+                                   "p_predicted": probabilities[rows[n], own[n]].item(),
+                                   "true_class_name": class_names[int(labels[n])],
+                                   "predicted_class_name": class_names[int(own[n])]})
     ctx.write_npz(panels, "panels.npz")
     meta = {"both_wrong": len(both_wrong), "of_images": int(wrong.shape[0])}
     ctx.write_csv(pd.DataFrame(image_rows, columns=["image_id", "model", "true_class", "predicted_class", "p_true",
-                                                    "p_predicted"]), "images.csv", **meta)
+                                                    "p_predicted", "true_class_name", "predicted_class_name"]),
+                  "images.csv", **meta)
     ctx.write_csv(pd.DataFrame(patch_rows, columns=["image_id", "kind", "class", "rank", "row", "col", "size",
-                                                    "logit"]), "patches.csv", **meta)
+                                                    "logit", "class_name"]), "patches.csv", **meta)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -109,7 +115,7 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         for c, kind in enumerate(("true", "predicted"), start=1):
             rows = patches[(patches["image_id"] == image_id) & (patches["kind"] == kind)]
             draw_heatmap(axes[r][c], panels[f"heatmap_{kind}"][r], image,
-                         title=f"{kind} class {rows['class'].iloc[0]}" if len(rows) else kind)
+                         title=f"{kind}: {rows['class_name'].iloc[0]}"[:40] if len(rows) else kind)
             for _, patch in rows.iterrows():
                 for ax in (axes[r][0], axes[r][c]):
                     ax.add_patch(Rectangle((patch["col"] - 0.5, patch["row"] - 0.5), patch["size"], patch["size"],

@@ -6,11 +6,12 @@ top-k per (class, group) (memory independent of the data set size; no heatmap is
 native stride-8 patch logits; the winners are then cropped at their receptive field (q x q px).
 
 Writes ``results/top_patches/patches.csv`` (model, role, class, group, rank, image_id, true_class,
-row, col (top-left pixel), logit) and ``crops.npz`` (the crops, for the figure).
+row, col (top-left pixel), logit, class_name: the class's display name) and ``crops.npz`` (the crops, for the figure).
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bagrepro.data.synsets import display_name
 from bagrepro.errors import ConfigError
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
@@ -103,7 +105,9 @@ def run(ctx: RunContext) -> None:
         positions = torch.tensor(frame[["row", "col"]].to_numpy() // BAGNET_STRIDE)
         crops[role] = crop_patches(pixels[where], positions, q).numpy()
     ctx.write_npz(crops, "crops.npz")
-    ctx.write_csv(pd.concat(frames, ignore_index=True).drop(columns="image_index"), "patches.csv", classes=classes)
+    table = pd.concat(frames, ignore_index=True).drop(columns="image_index")
+    table["class_name"] = table["class"].map(lambda c: display_name(images.classes[c]))
+    ctx.write_csv(table, "patches.csv", classes=classes)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -121,7 +125,8 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         for ri, role in enumerate(roles):
             row = ci * len(roles) + ri
             rows = patches[patches["role"] == role].reset_index(drop=True)
-            axes[row][0].text(0.5, 0.5, f"class {cls}\n{role}", ha="center", va="center", fontsize=6)
+            name = patches.loc[patches["class"] == cls, "class_name"].iloc[0]
+            axes[row][0].text(0.5, 0.5, f"{_wrapped(name)}\n({cls})\n{role}", ha="center", va="center", fontsize=6)
             for index, entry in rows.iterrows():
                 if entry["class"] != cls:
                     continue
@@ -131,6 +136,11 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     fig.suptitle(f"Fig. 3: the {k} patches with the highest class logit, from images of the class (left) "
                  f"and of other classes (right)", fontsize=8)
     return save_figure(fig, figures_dir / "fig3_top_patches")
+
+
+def _wrapped(name: str, width: int = 14) -> str:
+    """A class name on lines of at most ``width`` characters (a figure's first column is narrow)."""
+    return textwrap.fill(str(name), width, max_lines=3, placeholder="...")
 
 
 EXPERIMENT = Experiment(
