@@ -9,6 +9,7 @@
                                                         # units dealt to 4 GPUs, same CSVs
     python run_all.py --list                            # experiments, profiles, models
     python run_all.py --list --experiment masking       # an experiment's settings on a profile
+    python run_all.py --profile paper --data DIR --plan  # what it would compute and how long it takes
     python run_all.py --profile paper --data DIR --check-data
                                                         # decode every image, list the unreadable ones
     python run_all.py --profile custom --data DIR --train
@@ -49,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="decode every image of --data (after --limit) fully, in parallel (a header alone "
                              "does not reveal a truncated JPEG), print each unreadable file as '<path>: <reason>', "
                              "then exit: 0 if all decode, 2 if any does not; runs no experiment, writes nothing")
+    parser.add_argument("--plan", action="store_true",
+                        help="print every unit the run would compute (experiment, model, images, forward and "
+                             "backward passes), memory per batch and an estimated time from a short calibration "
+                             "of each model on --device, then exit; computes and writes nothing")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="check every image once before the first experiment (as --check-data) and leave the "
                              "unreadable ones out of the run; each experiment lists them in "
@@ -157,6 +162,12 @@ def main(argv=None) -> int:
             from bagrepro.runner import check_data
 
             return check_data(options) if distributed.is_main() else 0  # under torchrun, rank 0 checks
+        if options.plan:
+            from bagrepro.runner import plan_run
+
+            if distributed.is_main():  # under torchrun, rank 0 plans (per process)
+                plan_run(options)
+            return 0
 
         start = time.perf_counter()
         timings = run_stages(options, log=print if distributed.is_main() else lambda line: None)

@@ -244,6 +244,9 @@ class AttributionMethod:
         in eval mode, ``images`` [B, 3, H, W] a private copy, ``targets`` [B] long; it runs with grad
         enabled, outside inference mode, and returns [B, 3, H, W] attributions w.r.t. ``images``.
     passes: forward/backward passes per image, human-readable (informational; ``n`` = ig_steps).
+    cost: ``cost(images, options) -> (forward, backward)``: the image passes one call on ``images``
+        images makes with ``options`` (the method's defaults updated by the caller's), for
+        ``run_all.py --plan``; checked against a counted run by ``tests/test_plan.py``.
     options: ``((name, default), ...)``: the keyword-only parameters of ``compute``, in order.
     needs: what the method needs from the model, a tuple of :data:`NEEDS` keys:
         ``"forward"`` (forward passes only, black-box), ``"gradients"`` (backward passes to the input),
@@ -257,11 +260,16 @@ class AttributionMethod:
     options: tuple[tuple[str, Any], ...]
     needs: tuple[str, ...]
     description: str
+    cost: Callable[[int, dict], tuple[int, int]]
 
     @property
     def defaults(self) -> dict[str, Any]:
         """The options as a dict, name -> default."""
         return dict(self.options)
+
+    def passes_for(self, images: int, **options) -> tuple[int, int]:
+        """(forward, backward) image passes of one call on ``images`` images with ``options``."""
+        return self.cost(images, {**self.defaults, **_options_for(self, options)})
 
 
 _REGISTRY: dict[str, AttributionMethod] = {}
@@ -278,13 +286,19 @@ def _declared_options(name: str, compute: Callable) -> tuple[tuple[str, Any], ..
     return tuple((p.name, p.default) for p in options)
 
 
-def register_attribution(name: str, *, passes: str, needs: tuple[str, ...] = ("gradients",)
+def _one_each(images: int, options: dict) -> tuple[int, int]:
+    return images, images
+
+
+def register_attribution(name: str, *, passes: str, needs: tuple[str, ...] = ("gradients",),
+                         cost: Callable[[int, dict], tuple[int, int]] = _one_each,
                          ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator: register the decorated function as attribution method ``name`` (it is returned
     unchanged, so it stays callable directly).
 
     The function's options are its keyword-only parameters with their defaults; its docstring (required)
-    is the method's description. Raises ConfigError for a name already registered, a ``needs`` entry
+    is the method's description. ``cost``: its image passes per call (default: one forward and one
+    backward per image), see :class:`AttributionMethod`. Raises ConfigError for a name already registered, a ``needs`` entry
     that is not a :data:`NEEDS` key, a missing docstring or another signature than
     ``(net, images, targets, *, option=default, ...)``.
     """
@@ -304,7 +318,7 @@ def register_attribution(name: str, *, passes: str, needs: tuple[str, ...] = ("g
             raise ConfigError(f"attribution method {name!r}: document it (and its defaults) in a docstring")
         _REGISTRY[name] = AttributionMethod(name=name, compute=compute, passes=passes,
                                             options=_declared_options(name, compute), needs=needs,
-                                            description=description)
+                                            description=description, cost=cost)
         return compute
 
     return decorator
@@ -374,7 +388,8 @@ def ig_internal_batch_size(batch: int, steps: int, internal_batch_size: int | No
     return steps_per_pass * batch
 
 
-@register_attribution("integrated_gradients", passes="n forward + n backward", needs=("gradients",))
+@register_attribution("integrated_gradients", passes="n forward + n backward", needs=("gradients",),
+                      cost=lambda images, options: (options["ig_steps"] * images,) * 2)
 def _integrated_gradients(net: nn.Module, images: Tensor, targets: Tensor, *, ig_steps: int = 100,
                           internal_batch_size: int | None = None) -> Tensor:
     """Integrated Gradients (Sundararajan et al. 2017), zero baseline: x * mean_k grad(k/n * x),
@@ -443,7 +458,8 @@ def _deeplift_with_baselines(net: nn.Module, images: Tensor, targets: Tensor, ba
     return grad * (images - baselines)
 
 
-@register_attribution("deeplift", passes="2 forward (reference + image) + 1 backward", needs=("gradients",))
+@register_attribution("deeplift", passes="1 forward + 1 backward, and one reference pass per call",
+                      needs=("gradients",), cost=lambda images, options: (images + 1, images))
 def _deeplift(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
     """DeepLIFT (Shrikumar et al. 2017), rescale rule, zero baseline (DeepExplain's default), through
     the ReLU override: every ReLU's gradient becomes ``(out - out_ref) / (in - in_ref)``, or the ReLU's

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from .plan import Work
+
 #: the experiment whose unit store holds the predictions (its CSVs are these predictions)
 OWNER = "accuracy"
 TOP_K = 5
@@ -55,3 +57,12 @@ def clean_predictions(ctx, names: list[str]) -> pd.DataFrame:
 
     frames = ctx.map_units(ctx.units(owner=OWNER), list(names), compute)
     return pd.concat(frames.values(), ignore_index=True)
+
+
+def clean_work(ctx, names: list[str]) -> list[Work]:
+    """--plan: the clean predictions of ``names`` that :func:`clean_predictions` would compute: not
+    finished in the unit store, and not planned already in this run (``ctx.planned``)."""
+    count, store = len(ctx.images()), ctx.units(owner=OWNER)
+    missing = [name for name in names if ("clean", name) not in ctx.planned and not store.done(name)]
+    ctx.planned.update(("clean", name) for name in names)
+    return [Work(name, "clean predictions", count, count) for name in missing]

@@ -35,6 +35,7 @@ from .errors import ConfigError, DataError, MissingRoleError
 from .lock import output_lock, remove_stale_temporaries
 from .models import create_model, get_spec, resolve_model_names
 from .models.fast import fuse_for_inference
+from .passes import PassCounter
 from .profiles import Profile, activate, get_profile
 from .report import build_report
 from .results import UnitStore, git_commit, meta_path, package_versions, read_unit_frames, write_csv, write_npz
@@ -63,6 +64,8 @@ class Experiment:
     #: under torchrun, its units are dealt to all ranks (it must compute them through
     #: ``ctx.map_units``); an experiment that is not shardable runs on rank 0 alone
     shardable: bool = False
+    #: ``plan(ctx) -> list[bagrepro.plan.Work]``: the work a run would do, without doing it (--plan)
+    plan: Callable[["RunContext"], list] | None = None
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -166,6 +169,8 @@ class RunOptions:
     from_scratch: bool = False
     #: with --train: KEY=VALUE overrides of the training recipe
     recipe: list[str] | None = None
+    #: print what the run would compute and an estimate of its time, compute nothing (:mod:`bagrepro.plan`)
+    plan: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -206,7 +211,9 @@ def _files(ctx: "RunContext"):
     """--data: an ImageNet validation layout (profile data 'imagenet') or any ImageFolder ('folder')."""
     dataset = _file_dataset(ctx.options, ctx.profile)
     preprocess = get_spec(ctx.model_names[0]).preprocess
-    return FileImageSet(dataset, preprocess.pil_transform(), dataset.describe(ctx.options.data), hint=UNREADABLE_HINT)
+    images = FileImageSet(dataset, preprocess.pil_transform(), dataset.describe(ctx.options.data), hint=UNREADABLE_HINT)
+    images.side = preprocess.crop  # every image is cropped to this side (None: as it comes)
+    return images
 
 
 def _smoke(ctx: "RunContext"):
@@ -294,6 +301,10 @@ class RunContext:
         if not self.model_names:
             raise ConfigError(f"profile '{self.profile.name}' has no default models; name them with --models")
         self._models: dict[str, torch.nn.Module] = {}
+        #: images through each model in the current experiment (:mod:`bagrepro.passes`)
+        self.passes = PassCounter()
+        #: --plan: shared work already planned in this run (e.g. ``("clean", model)``)
+        self.planned: set = set()
         self._images = None
         self._forced: set[Path] = set()
         #: images --skip-unreadable left out of the run (set once, by :meth:`skip_unreadable`)
@@ -313,6 +324,7 @@ class RunContext:
         self.experiment = experiment
         self.settings = experiment_settings(experiment, self.profile)
         self.sharded = experiment.shardable and distributed.is_distributed()
+        self.passes.reset()
         torch.manual_seed(self.seed)  # the same stream whichever experiments ran before
         self._started = time.perf_counter()
 
@@ -424,7 +436,11 @@ class RunContext:
 
     @property
     def image_size(self) -> int:
-        """Side in px of the run's images (the first image's width: every image of a run has one size)."""
+        """Side in px of the run's images (every image of a run has one size): the crop of image files
+        (nothing decoded), else the first image's width."""
+        side = getattr(self.images(), "side", None)
+        if side is not None:
+            return side
         images, _, _ = next(iter(self.images().subset([0]).batches(1)))
         return int(images.shape[-1])
 
@@ -511,7 +527,7 @@ class RunContext:
             if model.zoo_spec.num_classes != classes:
                 raise ConfigError(f"model '{name}' has {model.zoo_spec.num_classes} classes but the data has "
                                   f"{classes}; pick models made for profile '{self.profile.name}'")
-            self._models[name] = model.to(self.device)
+            self._models[name] = self.passes.attach(name, model.to(self.device))
         return self._models[name]
 
     def inference_model(self, name: str) -> torch.nn.Module:
@@ -519,7 +535,9 @@ class RunContext:
         folded, channels-last (:func:`bagrepro.models.fast.fuse_for_inference`), made once per run."""
         key = f"{name}#fused"
         if key not in self._models:
-            self._models[key] = fuse_for_inference(self.model(name))
+            eager = self.model(name)
+            fused = fuse_for_inference(eager)
+            self._models[key] = fused if fused is eager else self.passes.attach(name, fused)
         return self._models[key]
 
     # ---- output -----------------------------------------------------------------------------------
@@ -547,6 +565,8 @@ class RunContext:
             "packages": package_versions(),
             "commit": git_commit(),
             "wall_time_s": round(time.perf_counter() - self._started, 3),
+            # images through each model so far in this experiment (this process), see bagrepro.passes
+            "passes": self.passes.as_dict(),
         }
         meta.update(extra or {})
         return meta
@@ -554,6 +574,63 @@ class RunContext:
 
 #: unreadable images a --skip-unreadable run names in its log (all of them are in skipped.csv)
 SKIPPED_SHOWN = 10
+def plan_units(options: RunOptions, log=print) -> tuple["RunContext", list[tuple[Experiment, object]]]:
+    """The run context and every (experiment, :class:`~bagrepro.plan.Work`) the selected experiments
+    would compute, in run order; nothing is computed or loaded."""
+    ctx = RunContext(options)
+    check_profile(ctx.profile)
+    rows: list[tuple[Experiment, object]] = []
+    for experiment in select_experiments(options.experiments):
+        ctx.begin(experiment)
+        try:
+            rows += [(experiment, work) for work in experiment.plan(ctx)] if experiment.plan else []
+        except MissingRoleError as error:
+            log(f"[{experiment.name}] skipped: {error}")
+        finally:
+            ctx.end()
+    return ctx, rows
+
+
+def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
+    """--plan: every unit the selected experiments would compute on the profile (experiment, model,
+    work, images, passes), with a time estimate from a short calibration of each model on the
+    device, per experiment and in total (and per process under torchrun). Computes no experiment,
+    loads no weights, trains nothing, writes nothing. Returns the planned (experiment, Work) pairs."""
+    from . import plan
+
+    ctx, rows = plan_units(options, log)
+    experiments = list(dict.fromkeys(experiment for experiment, _ in rows))
+    size, world = ctx.image_size, plan.world_size()
+    log(f"plan: profile '{ctx.profile.name}', {ctx.images().description}; {size} px; batch {ctx.batch_size}; "
+        f"device {ctx.device} ({torch.get_num_threads()} threads); {world} process(es)")
+    names = list(dict.fromkeys(work.model for _, work in rows))
+    rates = {}
+    for name in ctx.progress(names, desc="calibrating"):
+        rates[name] = plan.calibrate(name, size, ctx.device)
+    log(f"{'experiment':<18} {'model':<20} {'work':<34} {'images':>7} {'forward':>10} {'backward':>10} "
+        f"{'heatmap':>8} {'estimate':>9}")
+    for experiment, work in rows:
+        log(f"{experiment.name:<18} {work.model:<20} {work.what[:34]:<34} {work.images:>7} {work.forward:>10} "
+            f"{work.backward:>10} {work.heatmap:>8} {plan.human(rates[work.model].seconds(work)):>9}")
+    log("calibration (ms per image; memory of one batch of forward + backward, "
+        + ("measured)" if ctx.device.type == "cuda" else "estimated: weights + every layer's output)"))
+    log(f"{'model':<20} {'forward':>9} {'eager':>9} {'backward':>9} {'heatmap':>9} {'MiB/batch':>10}")
+    for name, rate in rates.items():
+        heatmap = "" if rate.heatmap is None else f"{1000 * rate.heatmap:.1f}"
+        log(f"{name:<20} {1000 * rate.forward:9.1f} {1000 * rate.forward_eager:9.1f} {1000 * rate.backward:9.1f} "
+            f"{heatmap:>9} {rate.batch_mib(ctx.batch_size):10.0f}")
+    total = total_busiest = 0.0
+    log(f"{'experiment':<18} {'estimate':>10} {'per process':>12}")
+    for experiment in experiments:
+        seconds = [rates[work.model].seconds(work) for e, work in rows if e is experiment]
+        busiest = plan.per_process_seconds(seconds, experiment.shardable, world)
+        total, total_busiest = total + sum(seconds), total_busiest + busiest
+        log(f"{experiment.name:<18} {plan.human(sum(seconds)):>10} {plan.human(busiest):>12}")
+    log(f"{'total':<18} {plan.human(total):>10} {plan.human(total_busiest):>12}"
+        + ("" if world == 1 else f"   ({world} processes)"))
+    return [(experiment.name, work) for experiment, work in rows]
+
+
 #: where a --train run lists its trained models (read by the report)
 TRAINING_CSV = Path("results") / "training" / "models.csv"
 

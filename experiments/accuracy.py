@@ -18,7 +18,7 @@ import pandas as pd
 
 from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
-from bagrepro.predictions import clean_predictions
+from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.report import comparison
 from bagrepro.data.synsets import display_name
 from bagrepro.results import read_csv
@@ -102,9 +102,15 @@ def report_table(results_dir: Path):
                      ignore_index=True)
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: one forward pass per image and model."""
+    return clean_work(ctx, ctx.model_names)
+
+
 EXPERIMENT = Experiment(
     name="accuracy", title="top-1 / top-5 accuracy per model", paper_ref="Fig. 1B",
-    run=run, make_figures=make_figures, report_table=report_table, shardable=True,
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, shardable=True,
     question="How accurate are bag-of-local-features models compared with deep networks on the same images?",
 )
 

@@ -21,7 +21,7 @@ from scipy import stats
 
 from bagrepro.metrics import error_consistency
 from bagrepro.plotting import new_figure, save_figure
-from bagrepro.predictions import clean_predictions
+from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
@@ -110,8 +110,15 @@ def report_table(results_dir: Path):
                      ignore_index=True)
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: the clean predictions of the models in the pairs (nothing else)."""
+    pairs = distinct_pairs(ctx.role, log=lambda line: None)
+    return clean_work(ctx, list(dict.fromkeys(name for x, y, _ in pairs for name in (x, y))))
+
+
 EXPERIMENT = Experiment(
     name="error_distribution", title="per-class accuracy of BagNet-33 against deep networks",
-    paper_ref="Fig. 7", run=run, make_figures=make_figures, report_table=report_table, needs=("accuracy",),
+    paper_ref="Fig. 7", run=run, plan=plan, make_figures=make_figures, report_table=report_table, needs=("accuracy",),
     question="Do BagNet-33 and deep networks find the same classes hard?",
 )

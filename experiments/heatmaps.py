@@ -23,6 +23,7 @@ import torch
 from bagrepro import attribution
 from bagrepro.heatmap_cache import cached_heatmaps
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.plan import Work
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
@@ -140,9 +141,24 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return paths
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: per BagNet, its prediction and two dense heatmaps per image (its own class, VGG-16's);
+    VGG-16's prediction and every white-box method, once on all the images."""
+    count = min(ctx.settings.num_images, len(ctx.images()))
+    work = [Work(ctx.role(role), "prediction + 2 dense heatmaps", count, 3 * count, heatmap=2 * count)
+            for role in BAGNET_ROLES]
+    reference = ctx.role(REFERENCE_ROLE)
+    work.append(Work(reference, "prediction", count, count))
+    for method in ctx.settings.white_box:
+        forward, backward = attribution.get_attribution(method).passes_for(count, ig_steps=ctx.settings.ig_steps)
+        work.append(Work(reference, method, count, forward, backward))
+    return work
+
+
 EXPERIMENT = Experiment(
     name="heatmaps", title="exact BagNet heatmaps and white-box attributions", paper_ref="Fig. 2, A.2",
-    run=run, make_figures=make_figures, settings=Settings,
+    run=run, plan=plan, make_figures=make_figures, settings=Settings,
     question="Where in an image does each BagNet find evidence for its prediction, compared with VGG-16's "
              "white-box attributions?",
 )

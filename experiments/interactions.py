@@ -24,6 +24,7 @@ import torch
 from scipy import stats
 
 from bagrepro.masking import interaction_terms, separated_masks
+from bagrepro.plan import Work
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
@@ -133,8 +134,20 @@ def report_table(results_dir: Path):
                       "pearson_r", "paper")
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: per image and model, the leading class, then per patch size with two or more masks
+    the clean image, all masks at once and each mask alone."""
+    settings = ctx.settings
+    count = min(settings.num_images, len(ctx.images()))
+    size = ctx.image_size
+    masks = [len(separated_masks(size, size, patch)) for patch in settings.patch_sizes]
+    per_image = 1 + sum(2 + m for m in masks if m >= 2)
+    return [Work(name, "eq. 1 terms", count, count * per_image) for name in ctx.model_names]
+
+
 EXPERIMENT = Experiment(
     name="interactions", title="non-linear interactions between image parts (eq. 1)", paper_ref="Fig. 6",
-    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="Does masking several separated parts change the logit by the sum of the single-part changes?",
 )

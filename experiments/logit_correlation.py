@@ -20,6 +20,7 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.plan import Work
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
@@ -103,8 +104,17 @@ def report_table(results_dir: Path):
                       "pooled_r", "paper_r")
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: one forward pass per image for each BagNet and for VGG-16."""
+    wanted = ctx.settings.num_images
+    count = len(ctx.images()) if wanted is None else min(wanted, len(ctx.images()))
+    names = dict.fromkeys([ctx.role(REFERENCE_ROLE), *(ctx.role(role) for role in BAGNET_ROLES)])
+    return [Work(name, "logits", count, count) for name in names]
+
+
 EXPERIMENT = Experiment(
     name="logit_correlation", title="correlation of BagNet and VGG-16 logits", paper_ref="Fig. 1C",
-    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="How linearly do BagNet logits follow a deep network's logits on the same images?",
 )

@@ -21,6 +21,7 @@ a BagNet heatmap: one phase-folded pass of its BagNet).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from bagrepro import attribution, paper
 from bagrepro.errors import MissingRoleError
 from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
+from bagrepro.plan import Work
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.report import comparison
@@ -217,9 +219,39 @@ def report_table(results_dir: Path):
     return comparison(table, ["model", "method", "k"], "p(leading class) after k masked patches", "ours", "paper")
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: per tested model and heatmap method, the leading class and steps + 1 masked images per
+    image; a white-box method's own passes on the tested model (one call per batch); a BagNet method's
+    dense heatmaps on that BagNet."""
+    settings = ctx.settings
+    count = min(settings.num_images, len(ctx.images()))
+    size = ctx.image_size
+    steps = min(settings.steps, math.prod(grid_shape(size, size, settings.patch)))
+    calls = [min(ctx.batch_size, count - start) for start in range(0, count, ctx.batch_size)]
+    tested = list(dict.fromkeys(ctx.role(role) for role in ctx.present_roles(settings.tested_roles)))
+    if not tested:
+        raise MissingRoleError(f"no model of this run stands in for a tested model ({', '.join(settings.tested_roles)})")
+    bagnet_roles = ctx.present_roles(BAGNET_ROLES)
+    work = []
+    for name in tested:
+        for method, seed in methods(settings, bagnet_roles):
+            label = method if seed < 0 else f"{method} (seed {seed})"
+            forward, backward = count * (steps + 2), 0
+            if method in settings.white_box:
+                cost = attribution.get_attribution(method)
+                for images in calls:
+                    f, b = cost.passes_for(images, ig_steps=settings.ig_steps)
+                    forward, backward = forward + f, backward + b
+            elif method != "random":
+                work.append(Work(ctx.role(method), f"heatmaps for {name}", count, count, heatmap=count))
+            work.append(Work(name, f"curves, {label}", count, forward, backward))
+    return work
+
+
 EXPERIMENT = Experiment(
     name="masking", title="spatial sensitivity: masking patches in heatmap order", paper_ref="Fig. 8, Table 1",
-    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="Do black-box BagNet heatmaps find the patches a deep network depends on better than its own "
              "white-box attributions?",
 )

@@ -24,9 +24,10 @@ from matplotlib.patches import Rectangle
 from bagrepro.data.synsets import display_name
 from bagrepro.heatmap_cache import cached_heatmaps
 from bagrepro.heatmaps import patch_logits
+from bagrepro.plan import Work
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.predictions import clean_predictions
+from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -131,8 +132,20 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     return save_figure(fig, figures_dir / "fig4_misclassified")
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: the clean predictions of both models; then, for at most ``num_images`` images both
+    get wrong, both models' probabilities and BagNet-33's heatmaps and patch logits of the true and
+    the predicted class."""
+    bagnet, vgg = ctx.role("bagnet33"), ctx.role("vgg16")
+    work = clean_work(ctx, [bagnet, vgg])
+    count = min(ctx.settings.num_images, len(ctx.images()))
+    return work + [Work(bagnet, "explanations (at most)", count, 5 * count, heatmap=2 * count),
+                   Work(vgg, "probabilities (at most)", count, count)]
+
+
 EXPERIMENT = Experiment(
     name="misclassified", title="images both BagNet-33 and VGG-16 misclassify", paper_ref="Fig. 4",
-    run=run, make_figures=make_figures, settings=Settings, needs=("accuracy",),
+    run=run, plan=plan, make_figures=make_figures, settings=Settings, needs=("accuracy",),
     question="When BagNet-33 and VGG-16 both fail, what evidence misled BagNet-33?",
 )

@@ -21,6 +21,7 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.plan import Work
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
@@ -121,8 +122,18 @@ def report_table(results_dir: Path):
                       "relative_to_reference", "paper_relative")
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: warm-up and timed batches per model, as built and through its inference copy."""
+    batch_size = ctx.options.batch_size or ctx.settings.batch_size
+    passes = (ctx.settings.warmup + ctx.settings.repeats) * batch_size * 2
+    reference = ctx.role(paper.RUNTIME_REFERENCE)
+    names = ctx.model_names + ([reference] if reference not in ctx.model_names else [])
+    return [Work(name, "timed batches (eager + fused)", batch_size, passes) for name in names]
+
+
 EXPERIMENT = Experiment(
     name="runtime", title="inference throughput relative to ResNet-50", paper_ref="Sec. 4.1",
-    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="How fast is a BagNet at inference relative to ResNet-50, measured in the same run?",
 )

@@ -27,7 +27,8 @@ import torch
 
 from bagrepro import paper
 from bagrepro.plotting import new_figure, save_figure
-from bagrepro.predictions import clean_predictions, score_batch
+from bagrepro.plan import Work
+from bagrepro.predictions import clean_predictions, clean_work, score_batch
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
@@ -186,9 +187,23 @@ def report_table(results_dir: Path):
     return pd.concat(parts, ignore_index=True)
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: VGG-16's texture synthesis (a target pass, then one forward and backward per step and
+    image); per model the scrambled images of every grid and the textures; the clean predictions."""
+    settings = ctx.settings
+    count = len(ctx.images())
+    textures = min(settings.texture_images, count)
+    work = [Work(ctx.role("vgg16"), "texture synthesis", textures, textures * (1 + settings.texture_steps),
+                 textures * settings.texture_steps)]
+    work += [Work(name, "scrambled + texturised", count, count * len(settings.grids) + textures)
+             for name in ctx.model_names]
+    return work + clean_work(ctx, ctx.model_names)
+
+
 EXPERIMENT = Experiment(
     name="scrambling", title="accuracy on tile-scrambled and texturised images", paper_ref="Fig. 5",
-    run=run, make_figures=make_figures, report_table=report_table, settings=Settings, needs=("accuracy",),
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, needs=("accuracy",),
     shardable=True,
     question="How much do models lose when the global arrangement is destroyed but local content kept?",
 )

@@ -27,6 +27,7 @@ import torch
 from bagrepro import paper
 from bagrepro.heatmaps import patch_logits
 from bagrepro.metrics import top_k_hits
+from bagrepro.plan import Work
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
@@ -146,8 +147,15 @@ def report_table(results_dir: Path):
     return table
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: BagNet-33's patch logits, one pass per image."""
+    count = len(ctx.images())
+    return [Work(ctx.role(MODEL_ROLE), "patch logits", count, count)]
+
+
 EXPERIMENT = Experiment(
     name="thresholding", title="clipping and binarising BagNet-33 patch logits", paper_ref="Fig. A.4",
-    run=run, make_figures=make_figures, report_table=report_table, settings=Settings,
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings,
     question="How much accuracy survives when each patch's evidence is clipped or reduced to one bit?",
 )

@@ -24,6 +24,7 @@ from bagrepro.errors import ConfigError
 from bagrepro.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.patches import RunningTopK, crop_patches, patch_records
+from bagrepro.plan import Work
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.results import read_csv
@@ -143,8 +144,15 @@ def _wrapped(name: str, width: int = 14) -> str:
     return textwrap.fill(str(name), width, max_lines=3, placeholder="...")
 
 
+
+def plan(ctx: RunContext) -> list:
+    """--plan: per BagNet, its patch logits on every image (one streaming pass)."""
+    count = len(ctx.images())
+    return [Work(ctx.role(role), "patch logits", count, count) for role in BAGNET_ROLES]
+
+
 EXPERIMENT = Experiment(
     name="top_patches", title="most informative patches per class", paper_ref="Fig. 3",
-    run=run, make_figures=make_figures, settings=Settings, shardable=True,
+    run=run, plan=plan, make_figures=make_figures, settings=Settings, shardable=True,
     question="Which image patches carry the most evidence for a class, within and outside that class?",
 )

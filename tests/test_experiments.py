@@ -13,7 +13,7 @@ import pytest
 
 import run_all
 from bagrepro.profiles import get_profile
-from bagrepro.runner import discover_experiments, experiment_settings
+from bagrepro.runner import RunOptions, discover_experiments, experiment_settings, plan_units
 
 EXPERIMENTS = list(discover_experiments().values())
 
@@ -24,8 +24,21 @@ def smoke_out(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke")
 
 
+def planned_passes(experiment, out) -> dict[str, dict[str, int]]:
+    """What ``--plan`` says the experiment will do on the smoke profile now: passes per model."""
+    _, rows = plan_units(RunOptions(profile="smoke", experiments=[experiment.name], out=out, quiet=True))
+    totals: dict[str, dict[str, int]] = {}
+    for _, work in rows:
+        model = totals.setdefault(work.model, {"forward": 0, "backward": 0})
+        model["forward"] += work.forward
+        model["backward"] += work.backward
+    return totals
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e.name for e in EXPERIMENTS])
 def test_every_experiment_runs_writes_csvs_figures_and_its_report_section(experiment, smoke_out, capsys):
+    assert experiment.plan is not None, f"{experiment.name} declares no plan for --plan"
+    planned = planned_passes(experiment, smoke_out)
     code = run_all.main(["--profile", "smoke", "--experiment", experiment.name, "--quiet", "--out", str(smoke_out)])
     output = capsys.readouterr().out
     assert code == 0
@@ -43,6 +56,10 @@ def test_every_experiment_runs_writes_csvs_figures_and_its_report_section(experi
         assert json.loads(json.dumps(settings)) == meta["settings"]
         assert meta["wall_time_s"] >= 0
     assert not list(results.rglob("*.tmp"))
+    # --plan said what the run would do: the passes counted in the run (last sidecar written) agree
+    counted = max((json.loads(t.with_suffix(".meta.json").read_text())["passes"] for t in tables),
+                  key=lambda passes: sum(p["forward"] + p["backward"] for p in passes.values()))
+    assert counted == planned
 
     figures = sorted((smoke_out / "figures" / experiment.name).glob("*.png"))
     assert figures and all(png.stat().st_size > 5_000 for png in figures)

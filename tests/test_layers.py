@@ -21,7 +21,7 @@ LAYERS = {
     "models": {"models"},
     "methods": {"heatmaps", "heatmap_cache", "attribution", "masking", "scrambling", "patches", "training"},
     "harness": {"runner", "profiles", "results", "report", "distributed", "predictions", "plotting", "lock",
-                "tuning"},
+                "tuning", "passes", "plan"},
     "plugin": {"demo"},
 }
 ORDER = list(LAYERS)

@@ -1,0 +1,158 @@
+"""``run_all.py --plan``: what a run would compute, and how long it would take, before computing it.
+
+Every experiment declares ``plan(ctx) -> list[Work]``: per model and kind of work, the images and
+the image passes (:mod:`bagrepro.passes` defines a pass; ``tests/test_plan.py`` checks each plan
+against the passes a smoke run counts). The counts are those of a run with nothing cached: shared
+clean predictions are planned once (by the first experiment in run order that needs them), but a
+heatmap another experiment already cached is planned again, so a whole-profile total is an upper
+bound by that much. Misclassified plans its ``num_images`` even when fewer images are misclassified
+by both models.
+
+The time estimate comes from a short calibration on the chosen device (:func:`calibrate`): each
+model, with random weights (nothing is downloaded or trained), runs a few batches at the run's image
+size (forward through its inference copy and its eager form, forward + backward, and for a BagNet a
+dense heatmap); a unit's time is its passes times those rates. Memory per batch: measured on CUDA
+(peak allocated during forward + backward), estimated on the CPU (the weights plus every layer's
+output, which backward keeps).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed
+from .heatmaps import dense_heatmaps
+from .models import create_model
+from .models.fast import fuse_for_inference
+
+
+@dataclass(frozen=True)
+class Work:
+    """A piece of an experiment's work on one model: ``images`` images, ``forward`` image passes
+    (every entry into the model: forward calls, attribution passes, texture steps, dense heatmaps),
+    ``backward`` image gradients to the input, of the forward passes ``heatmap`` that are dense BagNet
+    heatmaps (costlier than a forward; timed apart)."""
+
+    model: str
+    what: str
+    images: int
+    forward: int
+    backward: int = 0
+    heatmap: int = 0
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per image of a model on the device: forward (inference copy, eager), the extra of a
+    backward, a dense heatmap (BagNets; None otherwise); bytes per image kept for backward and the
+    weights' bytes."""
+
+    forward: float
+    forward_eager: float
+    backward: float
+    heatmap: float | None
+    activation_bytes: float
+    weight_bytes: int
+
+    def seconds(self, work: Work) -> float:
+        plain = work.forward - work.heatmap
+        return plain * self.forward + work.backward * self.backward + work.heatmap * (self.heatmap or self.forward)
+
+    def batch_mib(self, batch_size: int) -> float:
+        return (self.weight_bytes + batch_size * self.activation_bytes) / 2 ** 20
+
+
+def _timed(device: torch.device, call, repeats: int) -> float:
+    """Median seconds of ``call()`` over ``repeats`` runs, after one untimed warm-up."""
+    call()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _activation_bytes(model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """Bytes per image of every leaf module's output in one forward (what backward keeps, roughly)."""
+    total = [0]
+
+    def count(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0] / len(inputs)
+
+
+def calibrate(name: str, image_size: int, device: torch.device, batch_size: int = 2, repeats: int = 2) -> Rates:
+    """Time model ``name`` (random weights) on ``batch_size`` images of ``image_size`` px on ``device``."""
+    model = create_model(name, pretrained=False).to(device)
+    fused = fuse_for_inference(model)
+    inputs = torch.rand(batch_size, 3, image_size, image_size, device=device)
+    targets = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def forward(net, x):
+        with torch.inference_mode():
+            net(x)
+
+    def forward_backward():
+        x = inputs.clone().requires_grad_(True)
+        model(x).gather(1, targets[:, None]).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    fused_inputs = inputs.contiguous(memory_format=torch.channels_last)
+    t_fused = _timed(device, lambda: forward(fused, fused_inputs), repeats)
+    t_eager = _timed(device, lambda: forward(model, inputs), repeats)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    t_both = _timed(device, forward_backward, repeats)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if device.type == "cuda":
+        activation = (torch.cuda.max_memory_allocated(device) - before) / batch_size
+    else:
+        activation = _activation_bytes(model, inputs)
+    t_heatmap = None
+    if model.zoo_spec.is_bagnet:
+        with torch.inference_mode():
+            t_heatmap = _timed(device, lambda: dense_heatmaps(fused, inputs, targets=targets), 1) / batch_size
+    return Rates(forward=t_fused / batch_size, forward_eager=t_eager / batch_size,
+                 backward=max(0.0, t_both - t_eager) / batch_size, heatmap=t_heatmap,
+                 activation_bytes=activation, weight_bytes=weight_bytes)
+
+
+def per_process_seconds(unit_seconds: list[float], shardable: bool, world_size: int) -> float:
+    """An experiment's wall time on the busiest process: its units dealt round-robin when it is
+    shardable (as the runner deals them), all on rank 0 otherwise."""
+    if not shardable or world_size <= 1:
+        return sum(unit_seconds)
+    return max(sum(unit_seconds[rank::world_size]) for rank in range(world_size))
+
+
+def world_size() -> int:
+    return distributed.world_size()
+
+
+def human(seconds: float) -> str:
+    """'42 s', '3.5 min', '7.2 h', '2.1 d'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
