@@ -149,7 +149,10 @@ def test_paper_methods_are_registered_first_in_the_csv_order():
         "eps_lrp": (("eps", 1e-4),), "deeplift": ()}
     assert {name: spec.passes for name, spec in specs.items()} == {
         "saliency": "1 forward + 1 backward", "integrated_gradients": "n forward + n backward",
-        "eps_lrp": "1 forward + 1 backward", "deeplift": "2 forward (reference + image) + 1 backward"}
+        "eps_lrp": "1 forward + 1 backward", "deeplift": "1 forward + 1 backward, and one reference pass per call"}
+    # what --plan counts: (forward, backward) image passes of one call on 8 images
+    assert {name: spec.passes_for(8, ig_steps=10) for name, spec in specs.items()} == {
+        "saliency": (8, 8), "integrated_gradients": (80, 80), "eps_lrp": (8, 8), "deeplift": (9, 8)}
     assert all(spec.needs == ("gradients",) for spec in specs.values())
     # the defaults are documented where they are declared
     assert "ig_steps" in specs["integrated_gradients"].description and "100" in specs["integrated_gradients"].description
