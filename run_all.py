@@ -70,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(run_all.py --list shows every key and its default)")
     parser.add_argument("--weights-dir", help="folder holding weight files you downloaded yourself")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="arithmetic of the forward-only passes (accuracy, masking curves, interactions, "
+                             "scrambling, logits): bf16 autocasts them (faster on GPUs with bfloat16); heatmaps, "
+                             "patch logits and gradients stay float32 (default fp32: exact)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT, help="folder for results/ and figures/ (default: the repo)")

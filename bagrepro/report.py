@@ -82,6 +82,7 @@ def _provenance_html(sections: list[tuple[str, list[dict]]]) -> str:
     items = [
         ("profile", first.get("profile")), ("seed", first.get("seed")), ("commit", first.get("commit")),
         ("device", first.get("device")), ("torch threads", first.get("torch_threads")),
+        ("precision", first.get("precision", "fp32")),
         ("packages", ", ".join(f"{k} {v}" for k, v in first.get("packages", {}).items())),
     ]
     rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)

@@ -14,6 +14,7 @@ experiment, and decides which process writes (rank 0): experiments never ask.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import pkgutil
@@ -34,7 +35,7 @@ from .data.imagesets import FileImageSet, default_workers, smoke_images
 from .errors import ConfigError, DataError, MissingRoleError
 from .lock import output_lock, remove_stale_temporaries
 from .models import create_model, get_spec, resolve_model_names
-from .models.fast import fuse_for_inference
+from .models.fast import fuse_for_inference, with_precision
 from .passes import PassCounter
 from .profiles import Profile, activate, get_profile
 from .report import build_report
@@ -171,6 +172,8 @@ class RunOptions:
     recipe: list[str] | None = None
     #: print what the run would compute and an estimate of its time, compute nothing (:mod:`bagrepro.plan`)
     plan: bool = False
+    #: arithmetic of the forward-only passes (inference copies): 'fp32' (exact, the default) or 'bf16'
+    precision: str = "fp32"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -425,6 +428,8 @@ class RunContext:
                   "seed": self.seed, "num_images": self.num_images}
         if self.tuned is not None:  # units of models trained another way are not these
             config["training"] = self.tuned.run_key
+        if self.options.precision != "fp32":  # fp32 keys stay what they were
+            config["precision"] = self.options.precision
         if self.skipped:
             config["skipped_ids_hash"] = config_hash(sorted(s.image_id for s in self.skipped))
         return config
@@ -532,11 +537,14 @@ class RunContext:
 
     def inference_model(self, name: str) -> torch.nn.Module:
         """The fastest model with the same outputs, for forward passes (no gradients): BatchNorm
-        folded, channels-last (:func:`bagrepro.models.fast.fuse_for_inference`), made once per run."""
+        folded, channels-last (:func:`bagrepro.models.fast.fuse_for_inference`), its forward in
+        bfloat16 with --precision bf16 (:func:`~bagrepro.models.fast.with_precision`), made once per run."""
         key = f"{name}#fused"
         if key not in self._models:
             eager = self.model(name)
             fused = fuse_for_inference(eager)
+            if self.options.precision != "fp32":  # autocast the copy's forward only, never the eager model
+                fused = with_precision(copy.deepcopy(eager) if fused is eager else fused, self.options.precision)
             self._models[key] = fused if fused is eager else self.passes.attach(name, fused)
         return self._models[key]
 
@@ -561,6 +569,7 @@ class RunContext:
             "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
                                           if self.device.type == "cuda" else ""),
             "torch_threads": torch.get_num_threads(),
+            "precision": self.options.precision,
             "world_size": distributed.world_size(),
             "packages": package_versions(),
             "commit": git_commit(),

@@ -80,3 +80,28 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         if hasattr(model, attribute):
             setattr(fused, attribute, getattr(model, attribute))
     return fused
+
+
+#: --precision: the forward passes' arithmetic (fp32: as built; bf16: autocast to bfloat16)
+PRECISIONS = ("fp32", "bf16")
+
+
+def with_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``model`` whose ``forward`` runs under ``torch.autocast(bfloat16)`` (on the device of its
+    parameters: CUDA or CPU) and returns float32, for ``precision='bf16'``; the model itself for
+    'fp32'. For inference copies: only ``forward`` changes, so what calls a BagNet's layers directly
+    (the dense heatmaps, the patch logits) stays exact in float32. Changes ``model`` in place: give
+    it a model no gradient path uses (an inference copy)."""
+    if precision == "fp32":
+        return model
+    if precision != "bf16":
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    device_type = next(model.parameters()).device.type
+    plain = model.forward
+
+    def forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return plain(*args, **kwargs).float()
+
+    model.forward = forward
+    return model
