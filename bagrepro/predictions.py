@@ -39,7 +39,7 @@ def predict(ctx, model: torch.nn.Module, images, desc: str) -> pd.DataFrame:
     """Per-image predictions of one model on an image set: ``image_id`` + :func:`score_batch`'s columns."""
     frames = []
     for batch, labels, ids in ctx.progress(images.batches(ctx.batch_size), desc=desc, unit="batch"):
-        frame = score_batch(model, batch.to(ctx.device), labels)
+        frame = score_batch(model, batch.to(ctx.device, non_blocking=True), labels)
         frame.insert(0, "image_id", ids)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -214,9 +214,8 @@ def _files(ctx: "RunContext"):
     """--data: an ImageNet validation layout (profile data 'imagenet') or any ImageFolder ('folder')."""
     dataset = _file_dataset(ctx.options, ctx.profile)
     preprocess = get_spec(ctx.model_names[0]).preprocess
-    images = FileImageSet(dataset, preprocess.pil_transform(), dataset.describe(ctx.options.data), hint=UNREADABLE_HINT)
-    images.side = preprocess.crop  # every image is cropped to this side (None: as it comes)
-    return images
+    return FileImageSet(dataset, preprocess.pil_transform(), dataset.describe(ctx.options.data), hint=UNREADABLE_HINT,
+                        side=preprocess.crop, pin_memory=ctx.device.type == "cuda")
 
 
 def _smoke(ctx: "RunContext"):
@@ -443,9 +442,8 @@ class RunContext:
     def image_size(self) -> int:
         """Side in px of the run's images (every image of a run has one size): the crop of image files
         (nothing decoded), else the first image's width."""
-        side = getattr(self.images(), "side", None)
-        if side is not None:
-            return side
+        if getattr(self.images(), "side", None) is not None:  # files: their crop, nothing decoded
+            return self.images().side
         images, _, _ = next(iter(self.images().subset([0]).batches(1)))
         return int(images.shape[-1])
 

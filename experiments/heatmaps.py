@@ -59,7 +59,7 @@ def chosen_images(ctx: RunContext):
         batch.append(images)
         labels.append(batch_labels)
         ids += batch_ids
-    return torch.cat(batch).to(ctx.device), torch.cat(labels), ids
+    return torch.cat(batch).to(ctx.device, non_blocking=True), torch.cat(labels), ids
 
 
 def _predict(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,7 +51,7 @@ def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
     images = ctx.images()
     count = min(settings.num_images, len(images))
     for batch, _, ids in ctx.progress(images.subset(range(count)).batches(ctx.batch_size), desc=name, unit="batch"):
-        inputs = normalize(batch.to(ctx.device))
+        inputs = normalize(batch.to(ctx.device, non_blocking=True))
         with torch.inference_mode():
             leading = model(inputs).argmax(1)
         for size in settings.patch_sizes:

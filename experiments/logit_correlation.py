@@ -43,7 +43,7 @@ def all_logits(ctx: RunContext, name: str, count: int) -> tuple[torch.Tensor, li
     chunks, ids = [], []
     with torch.inference_mode():
         for batch, _, batch_ids in ctx.progress(ctx.images().subset(range(count)).batches(ctx.batch_size), desc=name):
-            chunks.append(model(normalize(batch.to(ctx.device))).double().cpu())
+            chunks.append(model(normalize(batch.to(ctx.device, non_blocking=True))).double().cpu())
             ids += batch_ids
     return torch.cat(chunks), ids
 

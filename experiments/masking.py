@@ -101,14 +101,14 @@ def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: Se
     frames, done = [], 0
     for batch, _, ids in ctx.progress(images.subset(range(count)).batches(ctx.batch_size),
                                       desc=f"{name} {method}", unit="batch"):
-        batch = batch.to(ctx.device)
+        batch = batch.to(ctx.device, non_blocking=True)
         inputs = normalize(batch)
         with torch.inference_mode():
             leading = forward(inputs).argmax(1)
         patches = np.prod(grid_shape(*inputs.shape[-2:], settings.patch))
         if method == "random":
             generator = torch.Generator().manual_seed(seed * 1_000_003 + done)
-            scores = torch.rand(len(batch), patches, generator=generator).to(ctx.device)
+            scores = torch.rand(len(batch), patches, generator=generator).to(ctx.device, non_blocking=True)
         else:
             maps = heatmap(ctx, method, model, inputs, batch, leading, settings)
             scores = patch_scores(maps[:, None], settings.patch, settings.sign)

@@ -55,7 +55,7 @@ def run(ctx: RunContext) -> None:
     if chosen:
         images, labels, ids = map(list, zip(*[(b, l, i) for b, l, i in
                                               ctx.images().subset([position[c] for c in chosen]).batches(len(chosen))]))
-        images, labels, ids = images[0].to(ctx.device), labels[0], ids[0]
+        images, labels, ids = images[0].to(ctx.device, non_blocking=True), labels[0], ids[0]
         bagnet, vgg = ctx.inference_model(bagnet_name), ctx.model(vgg_name)
         with torch.inference_mode():
             p_bagnet = bagnet(bagnet.zoo_spec.preprocess.normalize(images)).float().softmax(1).cpu()
@@ -65,7 +65,7 @@ def run(ctx: RunContext) -> None:
         for kind, classes in (("true", labels), ("predicted", predicted)):
             panels[f"heatmap_{kind}"] = cached_heatmaps(bagnet, images, ids, classes).numpy()
             logits = patch_logits(bagnet, bagnet.zoo_spec.preprocess.normalize(images),
-                                  targets=classes.to(ctx.device))[:, 0].cpu()
+                                  targets=classes.to(ctx.device, non_blocking=True))[:, 0].cpu()
             best = logits.flatten(1).topk(TOP_PATCHES, dim=1)
             width = logits.shape[-1]
             for n, image_id in enumerate(ids):

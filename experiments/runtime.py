@@ -58,7 +58,7 @@ def run(ctx: RunContext) -> None:
 
     def measure(_unit: str) -> pd.DataFrame:
         generator = torch.Generator().manual_seed(ctx.seed)
-        batch = torch.randn(batch_size, 3, size, size, generator=generator).to(ctx.device)
+        batch = torch.randn(batch_size, 3, size, size, generator=generator).to(ctx.device, non_blocking=True)
         runs = [(name, "eager", ctx.model(name)) for name in names]
         runs += [(name, "fused", ctx.inference_model(name)) for name in names
                  if ctx.inference_model(name) is not ctx.model(name)]  # an untraceable model has no fused form

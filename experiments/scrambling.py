@@ -62,7 +62,7 @@ def textures(ctx: RunContext, settings: Settings, store) -> dict:
         images, labels, ids = [], [], []
         for index, (batch, batch_labels, batch_ids) in enumerate(ctx.progress(
                 ctx.images().subset(range(count)).batches(ctx.batch_size), desc=f"textures ({texturer})")):
-            images.append(texturise(batch.to(ctx.device), vgg, vgg.zoo_spec.preprocess.normalize,
+            images.append(texturise(batch.to(ctx.device, non_blocking=True), vgg, vgg.zoo_spec.preprocess.normalize,
                                     settings.texture_steps, settings.texture_lr, ctx.seed + index).cpu())
             labels.append(batch_labels)
             ids += batch_ids
@@ -78,13 +78,14 @@ def model_rows(ctx: RunContext, name: str, settings: Settings, texture_set: dict
     model = ctx.inference_model(name)
     frames = []
     for index, (batch, labels, ids) in enumerate(ctx.progress(ctx.images().batches(ctx.batch_size), desc=name)):
-        batch = batch.to(ctx.device)
+        batch = batch.to(ctx.device, non_blocking=True)
         for grid in settings.grids:
             frame = score_batch(model, scramble_tiles(batch, grid, ctx.seed * 1000 + index), labels)
             frames.append(frame.assign(image_id=ids, method="tiles", grid=grid))
     images, labels = texture_set["images"], texture_set["labels"]
     for start in range(0, len(labels), ctx.batch_size):
-        frame = score_batch(model, images[start:start + ctx.batch_size].to(ctx.device), labels[start:start + ctx.batch_size])
+        chunk = images[start:start + ctx.batch_size].to(ctx.device, non_blocking=True)
+        frame = score_batch(model, chunk, labels[start:start + ctx.batch_size])
         frames.append(frame.assign(image_id=texture_set["ids"][start:start + ctx.batch_size], method="texture", grid=0))
     return pd.concat(frames, ignore_index=True)
 

@@ -76,7 +76,8 @@ def run(ctx: RunContext) -> None:
         histogram = np.zeros(len(bins) + 1, dtype=np.int64)  # + underflow / overflow bins
         seen = 0
         for batch, labels, _ in ctx.progress(ctx.images().batches(ctx.batch_size), desc=name):
-            logits = patch_logits(model, model.zoo_spec.preprocess.normalize(batch.to(ctx.device))).cpu()
+            inputs = model.zoo_spec.preprocess.normalize(batch.to(ctx.device, non_blocking=True))
+            logits = patch_logits(model, inputs).cpu()
             clip, binarise = thresholded_scores(logits, thresholds)
             for mode, scores in (("clip", clip), ("binarise", binarise)):
                 hits[mode] += torch.stack([top_k_hits(scores, labels, k).sum(-1) for k in (1, 5)], -1).double()

@@ -61,7 +61,8 @@ def stream_top_patches(ctx: RunContext, name: str, classes: list[int], k: int) -
     class_index = torch.tensor(classes)
     seen = 0
     for batch, labels, _ in ctx.progress(ctx.images().batches(ctx.batch_size), desc=name, unit="batch"):
-        logits = patch_logits(model, model.zoo_spec.preprocess.normalize(batch.to(ctx.device)), class_index).cpu()
+        inputs = model.zoo_spec.preprocess.normalize(batch.to(ctx.device, non_blocking=True))
+        logits = patch_logits(model, inputs, class_index).cpu()
         b, c, h, w = logits.shape
         scores = logits.permute(1, 0, 2, 3).reshape(c, b, h * w)  # [C, B, hw]
         same = (labels[None, :] == class_index[:, None])[:, :, None]  # [C, B, 1]

@@ -63,16 +63,24 @@ class FileImageSet:
     An image that cannot be decoded stops the iteration with the worker's one-line
     :class:`~bagrepro.data.images.UnreadableImageError` (what, where), raised in this process, with
     ``hint`` appended (what the user can do about it); batches before it are yielded as usual.
+    ``side``: the side in px ``transform`` crops every image to (None: unknown), so a run knows its
+    image size without decoding one. ``pin_memory``: batches come in page-locked memory (for a CUDA
+    run: its ``.to(device, non_blocking=True)`` copies overlap with compute); each worker keeps
+    ``PREFETCH`` batches decoded ahead.
     """
 
+    PREFETCH = 4
+
     def __init__(self, dataset: ImageDataset, transform, description: str, workers: int | None = None,
-                 hint: str = ""):
+                 hint: str = "", side: int | None = None, pin_memory: bool = False):
         self.dataset = dataset
         self.dataset.transform = transform
         self.classes = dataset.classes
         self.description = description
         self.workers = default_workers() if workers is None else workers
         self.hint = hint
+        self.side = side
+        self.pin_memory = pin_memory
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -87,7 +95,8 @@ class FileImageSet:
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         loader = torch.utils.data.DataLoader(MarkUnreadable(self.dataset), batch_size=batch_size, shuffle=False,
-                                             num_workers=self.workers, collate_fn=collate)
+                                             num_workers=self.workers, collate_fn=collate, pin_memory=self.pin_memory,
+                                             prefetch_factor=self.PREFETCH if self.workers else None)
         for batch in loader:
             if isinstance(batch, UnreadableBatch):
                 first = batch.unreadable[0]
@@ -98,7 +107,8 @@ class FileImageSet:
     def subset(self, indices) -> "FileImageSet":
         records = [self.dataset.records[i] for i in indices]
         dataset = ImageDataset(records, self.dataset.classes, self.dataset.root, self.dataset.layout)
-        return FileImageSet(dataset, self.dataset.transform, self.description, self.workers, self.hint)
+        return FileImageSet(dataset, self.dataset.transform, self.description, self.workers, self.hint, self.side,
+                            self.pin_memory)
 
 
 def smoke_images(count: int, size: int, num_classes: int, seed: int) -> TensorImageSet:
