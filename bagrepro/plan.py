@@ -64,6 +64,19 @@ class Rates:
     def batch_mib(self, batch_size: int) -> float:
         return (self.weight_bytes + batch_size * self.activation_bytes) / 2 ** 20
 
+    def largest_batch(self, free_bytes: int) -> int:
+        """The largest batch whose forward + backward fits in ``free_bytes`` (0: not even one image)."""
+        return max(0, int((free_bytes - self.weight_bytes) // max(1.0, self.activation_bytes)))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for a run: the GPU's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as meminfo:  # Linux; MemAvailable counts reclaimable cache
+        fields = dict(line.split(":", 1) for line in meminfo)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
 
 def _timed(device: torch.device, call, repeats: int) -> float:
     """Median seconds of ``call()`` over ``repeats`` runs, after one untimed warm-up."""
@@ -98,8 +111,15 @@ def _activation_bytes(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     return total[0] / len(inputs)
 
 
-def calibrate(name: str, image_size: int, device: torch.device, batch_size: int = 2, repeats: int = 2) -> Rates:
-    """Time model ``name`` (random weights) on ``batch_size`` images of ``image_size`` px on ``device``."""
+#: side in px at which a dense heatmap is timed at most (its cost grows with the pixels: scaled up)
+HEATMAP_CALIBRATION_SIDE = 112
+
+
+def calibrate(name: str, image_size: int, device: torch.device, batch_size: int = 1, repeats: int = 1) -> Rates:
+    """Time model ``name`` (random weights) on ``batch_size`` images of ``image_size`` px on ``device``
+    (the median of ``repeats`` runs after a warm-up). A dense heatmap is timed once on one image of
+    at most :data:`HEATMAP_CALIBRATION_SIDE` px and scaled by the pixels (it costs seconds per
+    224 px image on a CPU)."""
     model = create_model(name, pretrained=False).to(device)
     fused = fuse_for_inference(model)
     inputs = torch.rand(batch_size, 3, image_size, image_size, device=device)
@@ -128,8 +148,10 @@ def calibrate(name: str, image_size: int, device: torch.device, batch_size: int 
         activation = _activation_bytes(model, inputs)
     t_heatmap = None
     if model.zoo_spec.is_bagnet:
+        side = min(image_size, HEATMAP_CALIBRATION_SIDE)
+        small = inputs[:1, :, :side, :side]
         with torch.inference_mode():
-            t_heatmap = _timed(device, lambda: dense_heatmaps(fused, inputs, targets=targets), 1) / batch_size
+            t_heatmap = _timed(device, lambda: dense_heatmaps(fused, small, targets=targets[:1]), 1) * (image_size / side) ** 2
     return Rates(forward=t_fused / batch_size, forward_eager=t_eager / batch_size,
                  backward=max(0.0, t_both - t_eager) / batch_size, heatmap=t_heatmap,
                  activation_bytes=activation, weight_bytes=weight_bytes)

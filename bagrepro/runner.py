@@ -621,11 +621,13 @@ def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
             f"{work.backward:>10} {work.heatmap:>8} {plan.human(rates[work.model].seconds(work)):>9}")
     log("calibration (ms per image; memory of one batch of forward + backward, "
         + ("measured)" if ctx.device.type == "cuda" else "estimated: weights + every layer's output)"))
-    log(f"{'model':<20} {'forward':>9} {'eager':>9} {'backward':>9} {'heatmap':>9} {'MiB/batch':>10}")
+    free = plan.free_memory(ctx.device)
+    log(f"{'model':<20} {'forward':>9} {'eager':>9} {'backward':>9} {'heatmap':>9} {'MiB/batch':>10} "
+        f"{'fits':>6}   (fits: the largest forward + backward batch in {free / 2 ** 30:.0f} GiB free)")
     for name, rate in rates.items():
         heatmap = "" if rate.heatmap is None else f"{1000 * rate.heatmap:.1f}"
         log(f"{name:<20} {1000 * rate.forward:9.1f} {1000 * rate.forward_eager:9.1f} {1000 * rate.backward:9.1f} "
-            f"{heatmap:>9} {rate.batch_mib(ctx.batch_size):10.0f}")
+            f"{heatmap:>9} {rate.batch_mib(ctx.batch_size):10.0f} {rate.largest_batch(free):6d}")
     total = total_busiest = 0.0
     log(f"{'experiment':<18} {'estimate':>10} {'per process':>12}")
     for experiment in experiments:

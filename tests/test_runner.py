@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import run_all
 from bagrepro.errors import ConfigError
-from bagrepro.models import create_model, get_spec, list_models, register_model, register_models_from_file
+from bagrepro.models import create_model, get_spec, list_models, register_model, register_models_from_file, unregister_model
 from bagrepro.models import registry
 from bagrepro.results import UnitStore, write_csv
 
@@ -244,3 +247,44 @@ def test_custom_profile_runs_a_user_model_on_a_user_image_folder(tmp_path):
     predictions = pd.read_csv(tmp_path / "results" / "accuracy" / "predictions.csv")
     assert sorted(predictions["image_id"]) == sorted(f"{'cats' if i % 2 else 'dogs'}/img{i}" for i in range(6))
     assert (predictions["true_class"] == predictions["image_id"].str.startswith("dogs").astype(int)).all()
+
+
+# ---- --plan and the device paths a CPU can test ------------------------------------------------------
+def test_plan_prints_every_unit_and_an_estimate_and_writes_nothing(tmp_path, capsys):
+    assert run_cli(tmp_path, "--profile", "smoke", "--plan", "--experiment", "accuracy", "--experiment", "masking") == 0
+    output = capsys.readouterr().out
+    assert "plan: profile 'smoke', 24 generated" in output and "device cpu" in output
+    assert "accuracy           smoke_bagnet9        clean predictions" in output
+    assert "curves, integrated_gradients" in output and "heatmaps for smoke_vgg16" in output
+    assert "calibration (ms per image" in output and output.rstrip().splitlines()[-1].startswith("total")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "figures").exists()
+
+
+def test_cpu_runs_do_not_pin_memory_and_cuda_is_refused_in_one_line(tmp_path, capsys):
+    from bagrepro.data.imagenet import image_folder
+    from bagrepro.data.imagesets import FileImageSet
+    from bagrepro.models.preprocess import Preprocess
+    from bagrepro.runner import RunContext, RunOptions
+
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        for index in range(3):
+            Image.fromarray(np.full((20, 24, 3), 40 * index, np.uint8)).save(data / name / f"{index}.png")
+    register_model("test_plain_cnn", num_classes=2, preprocess=Preprocess(resize=16, crop=16))(
+        lambda num_classes=2: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                                  torch.nn.Flatten(), torch.nn.Linear(4, num_classes)))
+    try:
+        ctx = RunContext(RunOptions(profile="custom", data=str(data), models=["test_plain_cnn"], device="cpu"))
+        assert ctx.images().pin_memory is False and ctx.image_size == 16  # the crop, nothing decoded
+    finally:
+        unregister_model("test_plain_cnn")
+    plain = list(FileImageSet(image_folder(data), Preprocess(resize=16, crop=16).pil_transform(), "x", workers=0)
+                 .batches(4))
+    pinned = list(FileImageSet(image_folder(data), Preprocess(resize=16, crop=16).pil_transform(), "x", workers=0,
+                               pin_memory=True).batches(4))  # without a GPU torch leaves the memory pageable
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(plain, pinned))
+    if not torch.cuda.is_available():
+        assert run_cli(tmp_path, "--profile", "smoke", "--device", "cuda", "--experiment", "accuracy") == 2
+        error = capsys.readouterr().err.strip()
+        assert error == "error: device 'cuda' asked for, but torch sees no CUDA GPU on this machine"
