@@ -6,7 +6,10 @@ released-format checkpoints saved from random weights and served through file://
 download-verify-load path as the released files), an ImageNet devkit layout of JPEGs the script
 writes, and tiny per-experiment settings so that it ends in minutes.
 
-Usage: TORCH_HOME=DIR/hub BAGREPRO_CACHE=DIR/cache python tests/rehearse_paper_profile.py DIR
+Usage: TORCH_HOME=DIR/hub BAGREPRO_CACHE=DIR/cache python tests/rehearse_paper_profile.py DIR [ARGS...]
+
+ARGS go to ``run_all.py`` as they are: ``--device cuda`` on a GPU machine, ``--plan`` for the
+estimate of the same run, ``--precision bf16`` (``bench/gpu_check.sh`` runs them in turn).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ TINY_SETTINGS = {
 }
 
 
-def main(root: Path) -> int:
+def main(root: Path, extra: list[str] | None = None) -> int:
     mirror = root / "mirror"
     mirror.mkdir(parents=True, exist_ok=True)
     for name in profiles.PAPER_ROLES:  # every paper model re-pointed at a local random checkpoint
@@ -55,10 +58,10 @@ def main(root: Path) -> int:
                                                      settings=profiles.frozen(TINY_SETTINGS))
     start = time.perf_counter()
     code = run_all.main(["--profile", "paper", "--data", str(data), "--out", str(root / "out"),
-                         "--batch-size", "2", "--quiet"])
+                         "--batch-size", "2", "--quiet", *(extra or [])])
     print(f"exit {code} after {time.perf_counter() - start:.0f} s; report: {root / 'out' / 'figures' / 'report.html'}")
     return code
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), sys.argv[2:]))
