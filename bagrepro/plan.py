@@ -111,6 +111,8 @@ def _activation_bytes(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     return total[0] / len(inputs)
 
 
+#: images per timed batch on a CPU (a GPU is timed at the run's batch size)
+CPU_CALIBRATION_BATCH = 2
 #: side in px at which a dense heatmap is timed at most (its cost grows with the pixels: scaled up)
 HEATMAP_CALIBRATION_SIDE = 112
 

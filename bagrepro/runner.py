@@ -611,9 +611,11 @@ def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
     log(f"plan: profile '{ctx.profile.name}', {ctx.images().description}; {size} px; batch {ctx.batch_size}; "
         f"device {ctx.device} ({torch.get_num_threads()} threads); {world} process(es)")
     names = list(dict.fromkeys(work.model for _, work in rows))
+    # the run's batch on a GPU (a batch of one would leave it idle); a small one on a CPU (seconds)
+    batch = ctx.batch_size if ctx.device.type == "cuda" else min(ctx.batch_size, plan.CPU_CALIBRATION_BATCH)
     rates = {}
     for name in ctx.progress(names, desc="calibrating"):
-        rates[name] = plan.calibrate(name, size, ctx.device)
+        rates[name] = plan.calibrate(name, size, ctx.device, batch_size=batch)
     log(f"{'experiment':<18} {'model':<20} {'work':<34} {'images':>7} {'forward':>10} {'backward':>10} "
         f"{'heatmap':>8} {'estimate':>9}")
     for experiment, work in rows:
