@@ -13,7 +13,8 @@ import pytest
 
 import run_all
 from bagrepro.profiles import get_profile
-from bagrepro.runner import RunOptions, discover_experiments, experiment_settings, plan_units
+from bagrepro.plan import plan_units
+from bagrepro.runner import RunOptions, discover_experiments, experiment_settings
 
 EXPERIMENTS = list(discover_experiments().values())
 
