@@ -163,6 +163,18 @@ def calibrate(name: str, image_size: int, device: torch.device, batch_size: int 
                  activation_bytes=activation, weight_bytes=weight_bytes)
 
 
+def calibrate_within_memory(name: str, image_size: int, device: torch.device, batch_size: int) -> Rates:
+    """:func:`calibrate` at ``batch_size``, halved until forward + backward fits the GPU's memory."""
+    while True:
+        try:
+            return calibrate(name, image_size, device, batch_size=batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            torch.cuda.empty_cache()
+
+
 def per_process_seconds(unit_seconds: list[float], shardable: bool, world_size: int) -> float:
     """An experiment's wall time on the busiest process: its units dealt round-robin when it is
     shardable (as the runner deals them), all on rank 0 otherwise."""
@@ -220,7 +232,7 @@ def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
     batch = ctx.batch_size if ctx.device.type == "cuda" else min(ctx.batch_size, CPU_CALIBRATION_BATCH)
     rates = {}
     for name in ctx.progress(names, desc="calibrating"):
-        rates[name] = calibrate(name, size, ctx.device, batch_size=batch)
+        rates[name] = calibrate_within_memory(name, size, ctx.device, batch)
     log(f"{'experiment':<18} {'model':<20} {'work':<34} {'images':>7} {'forward':>10} {'backward':>10} "
         f"{'heatmap':>8} {'estimate':>9}")
     for experiment, work in rows:
