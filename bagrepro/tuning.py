@@ -287,7 +287,8 @@ class TunedZoo:
                 top1 = evaluate(trained, val_inputs.to(self.device), val_images.labels.to(self.device), 50)
                 trained.train(was_training)
                 val_curve.append(round(top1, 4))
-                self.log(f"[training] {spec.name} epoch {epoch}/{recipe.epochs}: validation top-1 {top1:.3f}")
+                self.log(f"[training] {spec.name} epoch {epoch}/{recipe.epochs}: validation top-1 {top1:.3f} "
+                         f"(BatchNorm running averages; re-estimated after the last epoch)")
 
             start = time.perf_counter()
             build = lambda: with_new_head(base, len(self.data.classes), not self.from_scratch, weights_dir,  # noqa: E731

@@ -51,10 +51,19 @@ class Settings:
     texture_note: str = ""
 
 
-def textures(ctx: RunContext, settings: Settings, store) -> dict:
+def texturer(ctx: RunContext) -> str | None:
+    """The model whose Gram matrices make the textures (VGG-16's stand-in), or None when the run has
+    none: then only the tiles are scrambled (the reproducibility report's protocol needs no VGG)."""
+    return ctx.role("vgg16") if ctx.present_roles(("vgg16",)) else None
+
+
+def textures(ctx: RunContext, settings: Settings, store, texturer: str | None) -> dict:
     """Texturised versions of the first ``texture_images`` images (computed once, kept in the unit
-    store as the arrays of the unit ``textures__<texturer>``): images [N, 3, H, W], labels [N], ids."""
-    texturer = ctx.role("vgg16")
+    store as the arrays of the unit ``textures__<texturer>``): images [N, 3, H, W], labels [N], ids;
+    none without a texturer."""
+    if texturer is None:
+        size = ctx.image_size
+        return {"images": torch.zeros(0, 3, size, size), "labels": torch.zeros(0, dtype=torch.long), "ids": []}
     unit = f"textures__{texturer}"
     if not store.has_arrays(unit):
         vgg = ctx.model(texturer)
@@ -93,14 +102,15 @@ def model_rows(ctx: RunContext, name: str, settings: Settings, texture_set: dict
 def run(ctx: RunContext) -> None:
     settings = ctx.settings
     store = ctx.units(settings)
-    texture_set = ctx.main_first(lambda: textures(ctx, settings, store))
+    vgg = texturer(ctx)
+    texture_set = ctx.main_first(lambda: textures(ctx, settings, store, vgg))
     frames = ctx.map_units(store, ctx.model_names, lambda name: model_rows(ctx, name, settings, texture_set).assign(
         model=name, role=ctx.profile.role_of(name))).values()
     clean = clean_predictions(ctx, ctx.model_names).assign(method="clean", grid=0)
     columns = ["model", "role", "image_id", "method", "grid", "correct_top1", "correct_top5"]
     predictions = pd.concat([clean[columns], *[f[columns] for f in frames]], ignore_index=True)
-    ctx.write_csv(predictions, "predictions.csv", texturiser=ctx.role("vgg16"))
-    ctx.write_csv(table(predictions, settings.texture_note), "table.csv", texturiser=ctx.role("vgg16"))
+    ctx.write_csv(predictions, "predictions.csv", texturiser=vgg)
+    ctx.write_csv(table(predictions, settings.texture_note), "table.csv", texturiser=vgg)
     _save_examples(ctx, settings, texture_set)
 
 
@@ -194,9 +204,10 @@ def plan(ctx: RunContext) -> list:
     image); per model the scrambled images of every grid and the textures; the clean predictions."""
     settings = ctx.settings
     count = len(ctx.images())
-    textures = min(settings.texture_images, count)
-    work = [Work(ctx.role("vgg16"), "texture synthesis", textures, textures * (1 + settings.texture_steps),
-                 textures * settings.texture_steps)]
+    vgg = texturer(ctx)
+    textures = 0 if vgg is None else min(settings.texture_images, count)
+    work = [] if vgg is None else [Work(vgg, "texture synthesis", textures, textures * (1 + settings.texture_steps),
+                                        textures * settings.texture_steps)]
     work += [Work(name, "scrambled + texturised", count, count * len(settings.grids) + textures)
              for name in ctx.model_names]
     return work + clean_work(ctx, ctx.model_names)

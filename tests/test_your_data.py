@@ -90,10 +90,12 @@ def test_train_then_accuracy_and_scrambling_on_the_test_split(your_data, tmp_pat
 
 def test_roles_without_a_model_are_skipped_with_a_line(your_data, tmp_path, capsys):
     """Only the BagNets trained: an experiment that needs VGG-16 says so and is skipped, masking has
-    none of its tested models and is skipped, and one that needs BagNet-33 alone runs."""
+    none of its tested models and is skipped, one that needs BagNet-33 alone runs, and scrambling
+    scrambles the tiles without VGG-16's textures (the reproducibility report's protocol)."""
     code = run_all.main(["--profile", "custom", "--data", str(your_data), "--train", "--from-scratch", "--models",
                          "smoke_bagnet9", "smoke_bagnet17", "smoke_bagnet33", "--recipe", *RECIPE,
                          "--experiment", "logit_correlation", "--experiment", "masking", "--experiment", "thresholding",
+                         "--experiment", "scrambling",
                          "--out", str(tmp_path), "--quiet"])
     assert code == 0
     said = capsys.readouterr().out
@@ -101,6 +103,9 @@ def test_roles_without_a_model_are_skipped_with_a_line(your_data, tmp_path, caps
     assert "[masking] skipped" in said
     assert any((tmp_path / "results" / "thresholding").glob("*.csv"))
     assert not (tmp_path / "results" / "logit_correlation").exists()
+    assert "[scrambling] no model of this run stands in for the paper's 'vgg16': left out" in said
+    scrambled = pd.read_csv(tmp_path / "results" / "scrambling" / "table.csv")
+    assert set(scrambled["method"]) == {"tiles"} and len(set(scrambled["model"])) == 3
 
 
 def _weights_digest(path: Path) -> str:
