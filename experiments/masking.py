@@ -140,13 +140,19 @@ def table1(curves: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def run(ctx: RunContext) -> None:
-    settings = ctx.settings
-    store = ctx.units(settings)
-    # roles without a model in this run are left out, with a line (none left: the experiment is skipped)
+def tested_models(ctx: RunContext, settings: Settings) -> list[str]:
+    """The models standing in for the tested roles; roles without a model in this run are left out
+    with a line, and none left skips the experiment (MissingRoleError)."""
     tested = list(dict.fromkeys(ctx.role(role) for role in ctx.present_roles(settings.tested_roles)))
     if not tested:
         raise MissingRoleError(f"no model of this run stands in for a tested model ({', '.join(settings.tested_roles)})")
+    return tested
+
+
+def run(ctx: RunContext) -> None:
+    settings = ctx.settings
+    store = ctx.units(settings)
+    tested = tested_models(ctx, settings)
     heatmap_methods = methods(settings, ctx.present_roles(BAGNET_ROLES))
     units = {f"{name}__{method}__{seed}": (name, method, seed) for name in tested for method, seed in heatmap_methods}
 
@@ -229,9 +235,7 @@ def plan(ctx: RunContext) -> list:
     size = ctx.image_size
     steps = min(settings.steps, math.prod(grid_shape(size, size, settings.patch)))
     calls = [min(ctx.batch_size, count - start) for start in range(0, count, ctx.batch_size)]
-    tested = list(dict.fromkeys(ctx.role(role) for role in ctx.present_roles(settings.tested_roles)))
-    if not tested:
-        raise MissingRoleError(f"no model of this run stands in for a tested model ({', '.join(settings.tested_roles)})")
+    tested = tested_models(ctx, settings)
     bagnet_roles = ctx.present_roles(BAGNET_ROLES)
     work = []
     for name in tested:
