@@ -74,7 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="arithmetic of the forward-only passes (accuracy, masking curves, interactions, "
                              "scrambling, logits): bf16 autocasts them (faster on GPUs with bfloat16); heatmaps, "
                              "patch logits and gradients stay float32 (default fp32: exact)")
-    parser.add_argument("--batch-size", type=int, help="images per batch (default: the profile's)")
+    parser.add_argument("--batch-size", type=batch_size_argument, metavar="N|auto",
+                        help="images per batch (default: the profile's); auto: the largest batch whose forward + "
+                             "backward fits in 80%% of the device's free memory for every model (at most 256), "
+                             "from a short calibration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT, help="folder for results/ and figures/ (default: the repo)")
     parser.add_argument("--force", action="store_true",
@@ -87,9 +90,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
     return args
+
+
+def batch_size_argument(text: str) -> int | str:
+    """--batch-size: a positive integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def list_settings(experiment_names: list[str], profile_name: str) -> None:

@@ -175,6 +175,28 @@ def calibrate_within_memory(name: str, image_size: int, device: torch.device, ba
             torch.cuda.empty_cache()
 
 
+#: --batch-size auto: the share of the free memory a batch may take, and the largest batch chosen
+AUTO_BATCH_MEMORY_SHARE = 0.8
+AUTO_BATCH_CAP = 256
+
+
+def choose_batch_size(ctx: RunContext, log=print) -> int:
+    """--batch-size auto: the largest batch whose forward + backward fits in
+    :data:`AUTO_BATCH_MEMORY_SHARE` of the device's free memory for every model of the run
+    (calibrated as for --plan: measured on CUDA, estimated on the CPU), at most
+    :data:`AUTO_BATCH_CAP`, at least 1. Every experiment then uses it (runtime too)."""
+    free = free_memory(ctx.device) * AUTO_BATCH_MEMORY_SHARE
+    size = ctx.image_size
+    batch = AUTO_BATCH_CAP
+    for name in ctx.progress(ctx.model_names, desc="choosing the batch size"):
+        batch = min(batch, calibrate_within_memory(name, size, ctx.device, 1).largest_batch(int(free)))
+    batch = max(1, batch)
+    log(f"[batch] --batch-size auto: {batch} images per batch (forward + backward of every model in "
+        f"{AUTO_BATCH_MEMORY_SHARE:.0%} of {free / AUTO_BATCH_MEMORY_SHARE / 2 ** 30:.1f} GiB free on {ctx.device}, "
+        f"at most {AUTO_BATCH_CAP})")
+    return batch
+
+
 def per_process_seconds(unit_seconds: list[float], shardable: bool, world_size: int) -> float:
     """An experiment's wall time on the busiest process: its units dealt round-robin when it is
     shardable (as the runner deals them), all on rank 0 otherwise."""
@@ -205,6 +227,8 @@ def plan_units(options: RunOptions, log=print) -> tuple[RunContext, list[tuple[E
     would compute, in run order; nothing is computed or loaded."""
     ctx = RunContext(options)
     check_profile(ctx.profile)
+    if options.batch_size == "auto":
+        ctx.batch_size = choose_batch_size(ctx, log)
     rows: list[tuple[Experiment, object]] = []
     for experiment in select_experiments(options.experiments):
         ctx.begin(experiment)

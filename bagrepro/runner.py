@@ -153,7 +153,8 @@ class RunOptions:
     limit: int | None = None
     classes: list[int] | None = None
     device: str = "auto"
-    batch_size: int | None = None
+    #: images per batch (None: the profile's; 'auto': chosen from memory, :func:`bagrepro.plan.choose_batch_size`)
+    batch_size: int | str | None = None
     seed: int = 0
     out: Path = REPO_ROOT
     force: bool = False
@@ -282,7 +283,8 @@ class RunContext:
             self.device = torch.device("cuda", distributed.local_rank())
             torch.cuda.set_device(self.device)
         self.seed = options.seed
-        self.batch_size = options.batch_size or self.profile.batch_size
+        #: images per batch (with --batch-size auto: the profile's until the runner has chosen one)
+        self.batch_size = options.batch_size if isinstance(options.batch_size, int) else self.profile.batch_size
         self.force = options.force
         self.quiet = options.quiet or not distributed.is_main()  # under torchrun, rank 0 speaks
         #: the models trained on --data in this run (--train), or None
@@ -625,6 +627,10 @@ def _run_stages(options: RunOptions, experiments: list[Experiment], log) -> dict
         ctx = RunContext(options)
         check_profile(ctx.profile)  # a misspelt setting fails here, before any work
         ctx.images()  # bad data fails here, in one line, before any experiment starts
+        if options.batch_size == "auto":
+            from .plan import choose_batch_size  # plan builds on the runner
+
+            ctx.batch_size = choose_batch_size(ctx, log)
         distributed.initialise(ctx.device)
         if ctx.profile.check_data_first and not options.skip_unreadable:  # all bad files before GPU hours
             unreadable = ctx.unreadable_images()

@@ -49,7 +49,7 @@ def _time_batch(model, batch: torch.Tensor) -> float:
 
 
 def run(ctx: RunContext) -> None:
-    batch_size = ctx.options.batch_size or ctx.settings.batch_size
+    batch_size = ctx.batch_size if ctx.options.batch_size else ctx.settings.batch_size
     repeats, warmup = ctx.settings.repeats, ctx.settings.warmup
     reference = ctx.role(paper.RUNTIME_REFERENCE)
     names = ctx.model_names + ([reference] if reference not in ctx.model_names else [])
@@ -125,7 +125,7 @@ def report_table(results_dir: Path):
 
 def plan(ctx: RunContext) -> list:
     """--plan: warm-up and timed batches per model, as built and through its inference copy."""
-    batch_size = ctx.options.batch_size or ctx.settings.batch_size
+    batch_size = ctx.batch_size if ctx.options.batch_size else ctx.settings.batch_size
     passes = (ctx.settings.warmup + ctx.settings.repeats) * batch_size * 2
     reference = ctx.role(paper.RUNTIME_REFERENCE)
     names = ctx.model_names + ([reference] if reference not in ctx.model_names else [])

@@ -288,3 +288,15 @@ def test_cpu_runs_do_not_pin_memory_and_cuda_is_refused_in_one_line(tmp_path, ca
         assert run_cli(tmp_path, "--profile", "smoke", "--device", "cuda", "--experiment", "accuracy") == 2
         error = capsys.readouterr().err.strip()
         assert error == "error: device 'cuda' asked for, but torch sees no CUDA GPU on this machine"
+
+
+def test_batch_size_auto_is_chosen_from_memory_and_used(tmp_path, capsys):
+    assert run_cli(tmp_path, "--profile", "smoke", "--batch-size", "auto", "--experiment", "accuracy", "--quiet") == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[batch]"))
+    chosen = int(line.split("auto: ")[1].split()[0])
+    assert 1 <= chosen <= 256 and "free on cpu" in line
+    meta = json.loads((tmp_path / "results" / "accuracy" / "summary.meta.json").read_text())
+    assert meta["config"]["batch_size"] == chosen
+    with pytest.raises(SystemExit) as exit_info:
+        run_all.parse_args(["--batch-size", "0"])
+    assert exit_info.value.code == 2
