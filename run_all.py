@@ -181,7 +181,7 @@ def main(argv=None) -> int:
 
             return check_data(options) if distributed.is_main() else 0  # under torchrun, rank 0 checks
         if options.plan:
-            from bagrepro.plan import plan_run
+            from bagrepro.runner import plan_run
 
             if distributed.is_main():  # under torchrun, rank 0 plans (per process)
                 plan_run(options)

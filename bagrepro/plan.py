@@ -1,6 +1,7 @@
 """``run_all.py --plan``: what a run would compute, and how long it would take, before computing it.
 
-:func:`plan_units` collects the work; :func:`plan_run` calibrates and prints it.
+The ``--plan`` stage itself is :func:`bagrepro.runner.plan_run` (it collects every experiment's
+work with :func:`bagrepro.runner.plan_units`, calibrates with :func:`calibrate`, prints).
 
 Every experiment declares ``plan(ctx) -> list[Work]``: per model and kind of work, the images and
 the image passes (:mod:`bagrepro.passes` defines a pass; ``tests/test_plan.py`` checks each plan
@@ -26,11 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from . import distributed
-from .errors import MissingRoleError
 from .heatmaps import dense_heatmaps
 from .models import create_model
 from .models.fast import fuse_for_inference
-from .runner import Experiment, RunContext, RunOptions, check_profile, select_experiments
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,7 @@ AUTO_BATCH_MEMORY_SHARE = 0.8
 AUTO_BATCH_CAP = 256
 
 
-def choose_batch_size(ctx: RunContext, log=print) -> int:
+def choose_batch_size(ctx, log=print) -> int:
     """--batch-size auto: the largest batch whose forward + backward fits in
     :data:`AUTO_BATCH_MEMORY_SHARE` of the device's free memory for every model of the run
     (calibrated as for --plan: measured on CUDA, estimated on the CPU), at most
@@ -218,66 +217,3 @@ def human(seconds: float) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} d"
-
-
-# ---- --plan ----------------------------------------------------------------------------------------
-
-def plan_units(options: RunOptions, log=print) -> tuple[RunContext, list[tuple[Experiment, object]]]:
-    """The run context and every (experiment, :class:`~bagrepro.plan.Work`) the selected experiments
-    would compute, in run order; nothing is computed or loaded."""
-    ctx = RunContext(options)
-    check_profile(ctx.profile)
-    if options.batch_size == "auto":
-        ctx.batch_size = choose_batch_size(ctx, log)
-    rows: list[tuple[Experiment, object]] = []
-    for experiment in select_experiments(options.experiments):
-        ctx.begin(experiment)
-        try:
-            rows += [(experiment, work) for work in experiment.plan(ctx)] if experiment.plan else []
-        except MissingRoleError as error:
-            log(f"[{experiment.name}] skipped: {error}")
-        finally:
-            ctx.end()
-    return ctx, rows
-
-
-def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
-    """--plan: every unit the selected experiments would compute on the profile (experiment, model,
-    work, images, passes), with a time estimate from a short calibration of each model on the
-    device, per experiment and in total (and per process under torchrun). Computes no experiment,
-    loads no weights, trains nothing, writes nothing. Returns the planned (experiment, Work) pairs."""
-    ctx, rows = plan_units(options, log)
-    experiments = list(dict.fromkeys(experiment for experiment, _ in rows))
-    size, world = ctx.image_size, world_size()
-    log(f"plan: profile '{ctx.profile.name}', {ctx.images().description}; {size} px; batch {ctx.batch_size}; "
-        f"device {ctx.device} ({torch.get_num_threads()} threads); {world} process(es)")
-    names = list(dict.fromkeys(work.model for _, work in rows))
-    # the run's batch on a GPU (a batch of one would leave it idle); a small one on a CPU (seconds)
-    batch = ctx.batch_size if ctx.device.type == "cuda" else min(ctx.batch_size, CPU_CALIBRATION_BATCH)
-    rates = {}
-    for name in ctx.progress(names, desc="calibrating"):
-        rates[name] = calibrate_within_memory(name, size, ctx.device, batch)
-    log(f"{'experiment':<18} {'model':<20} {'work':<34} {'images':>7} {'forward':>10} {'backward':>10} "
-        f"{'heatmap':>8} {'estimate':>9}")
-    for experiment, work in rows:
-        log(f"{experiment.name:<18} {work.model:<20} {work.what[:34]:<34} {work.images:>7} {work.forward:>10} "
-            f"{work.backward:>10} {work.heatmap:>8} {human(rates[work.model].seconds(work)):>9}")
-    log("calibration (ms per image; memory of one batch of forward + backward, "
-        + ("measured)" if ctx.device.type == "cuda" else "estimated: weights + every layer's output)"))
-    free = free_memory(ctx.device)
-    log(f"{'model':<20} {'forward':>9} {'eager':>9} {'backward':>9} {'heatmap':>9} {'MiB/batch':>10} "
-        f"{'fits':>6}   (fits: the largest forward + backward batch in {free / 2 ** 30:.0f} GiB free)")
-    for name, rate in rates.items():
-        heatmap = "" if rate.heatmap is None else f"{1000 * rate.heatmap:.1f}"
-        log(f"{name:<20} {1000 * rate.forward:9.1f} {1000 * rate.forward_eager:9.1f} {1000 * rate.backward:9.1f} "
-            f"{heatmap:>9} {rate.batch_mib(ctx.batch_size):10.0f} {rate.largest_batch(free):6d}")
-    total = total_busiest = 0.0
-    log(f"{'experiment':<18} {'estimate':>10} {'per process':>12}")
-    for experiment in experiments:
-        seconds = [rates[work.model].seconds(work) for e, work in rows if e is experiment]
-        busiest = per_process_seconds(seconds, experiment.shardable, world)
-        total, total_busiest = total + sum(seconds), total_busiest + busiest
-        log(f"{experiment.name:<18} {human(sum(seconds)):>10} {human(busiest):>12}")
-    log(f"{'total':<18} {human(total):>10} {human(total_busiest):>12}"
-        + ("" if world == 1 else f"   ({world} processes)"))
-    return [(experiment.name, work) for experiment, work in rows]

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, settings as settings_schema, tuning
+from . import distributed, plan, settings as settings_schema, tuning
 from .cache import config_hash
 from .data.check import Unreadable, find_unreadable
 from .data.imagenet import load_imagenet_val, load_images
@@ -583,6 +583,67 @@ class RunContext:
 
 #: unreadable images a --skip-unreadable run names in its log (all of them are in skipped.csv)
 SKIPPED_SHOWN = 10
+def plan_units(options: RunOptions, log=print) -> tuple["RunContext", list[tuple[Experiment, object]]]:
+    """The run context and every (experiment, :class:`~bagrepro.plan.Work`) the selected experiments
+    would compute, in run order; nothing is computed or loaded."""
+    ctx = RunContext(options)
+    check_profile(ctx.profile)
+    if options.batch_size == "auto":
+        ctx.batch_size = plan.choose_batch_size(ctx, log)
+    rows: list[tuple[Experiment, object]] = []
+    for experiment in select_experiments(options.experiments):
+        ctx.begin(experiment)
+        try:
+            rows += [(experiment, work) for work in experiment.plan(ctx)] if experiment.plan else []
+        except MissingRoleError as error:
+            log(f"[{experiment.name}] skipped: {error}")
+        finally:
+            ctx.end()
+    return ctx, rows
+
+
+def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
+    """--plan: every unit the selected experiments would compute on the profile (experiment, model,
+    work, images, passes), with a time estimate from a short calibration of each model on the
+    device, per experiment and in total (and per process under torchrun). Computes no experiment,
+    loads no weights, trains nothing, writes nothing. Returns the planned (experiment, Work) pairs."""
+    ctx, rows = plan_units(options, log)
+    experiments = list(dict.fromkeys(experiment for experiment, _ in rows))
+    size, world = ctx.image_size, plan.world_size()
+    log(f"plan: profile '{ctx.profile.name}', {ctx.images().description}; {size} px; batch {ctx.batch_size}; "
+        f"device {ctx.device} ({torch.get_num_threads()} threads); {world} process(es)")
+    names = list(dict.fromkeys(work.model for _, work in rows))
+    # the run's batch on a GPU (a batch of one would leave it idle); a small one on a CPU (seconds)
+    batch = ctx.batch_size if ctx.device.type == "cuda" else min(ctx.batch_size, plan.CPU_CALIBRATION_BATCH)
+    rates = {}
+    for name in ctx.progress(names, desc="calibrating"):
+        rates[name] = plan.calibrate_within_memory(name, size, ctx.device, batch)
+    log(f"{'experiment':<18} {'model':<20} {'work':<34} {'images':>7} {'forward':>10} {'backward':>10} "
+        f"{'heatmap':>8} {'estimate':>9}")
+    for experiment, work in rows:
+        log(f"{experiment.name:<18} {work.model:<20} {work.what[:34]:<34} {work.images:>7} {work.forward:>10} "
+            f"{work.backward:>10} {work.heatmap:>8} {plan.human(rates[work.model].seconds(work)):>9}")
+    log("calibration (ms per image; memory of one batch of forward + backward, "
+        + ("measured)" if ctx.device.type == "cuda" else "estimated: weights + every layer's output)"))
+    free = plan.free_memory(ctx.device)
+    log(f"{'model':<20} {'forward':>9} {'eager':>9} {'backward':>9} {'heatmap':>9} {'MiB/batch':>10} "
+        f"{'fits':>6}   (fits: the largest forward + backward batch in {free / 2 ** 30:.0f} GiB free)")
+    for name, rate in rates.items():
+        heatmap = "" if rate.heatmap is None else f"{1000 * rate.heatmap:.1f}"
+        log(f"{name:<20} {1000 * rate.forward:9.1f} {1000 * rate.forward_eager:9.1f} {1000 * rate.backward:9.1f} "
+            f"{heatmap:>9} {rate.batch_mib(ctx.batch_size):10.0f} {rate.largest_batch(free):6d}")
+    total = total_busiest = 0.0
+    log(f"{'experiment':<18} {'estimate':>10} {'per process':>12}")
+    for experiment in experiments:
+        seconds = [rates[work.model].seconds(work) for e, work in rows if e is experiment]
+        busiest = plan.per_process_seconds(seconds, experiment.shardable, world)
+        total, total_busiest = total + sum(seconds), total_busiest + busiest
+        log(f"{experiment.name:<18} {plan.human(sum(seconds)):>10} {plan.human(busiest):>12}")
+    log(f"{'total':<18} {plan.human(total):>10} {plan.human(total_busiest):>12}"
+        + ("" if world == 1 else f"   ({world} processes)"))
+    return [(experiment.name, work) for experiment, work in rows]
+
+
 #: where a --train run lists its trained models (read by the report)
 TRAINING_CSV = Path("results") / "training" / "models.csv"
 
@@ -628,9 +689,7 @@ def _run_stages(options: RunOptions, experiments: list[Experiment], log) -> dict
         check_profile(ctx.profile)  # a misspelt setting fails here, before any work
         ctx.images()  # bad data fails here, in one line, before any experiment starts
         if options.batch_size == "auto":
-            from .plan import choose_batch_size  # plan builds on the runner
-
-            ctx.batch_size = choose_batch_size(ctx, log)
+            ctx.batch_size = plan.choose_batch_size(ctx, log)
         distributed.initialise(ctx.device)
         if ctx.profile.check_data_first and not options.skip_unreadable:  # all bad files before GPU hours
             unreadable = ctx.unreadable_images()

@@ -13,7 +13,7 @@ import pytest
 
 import run_all
 from bagrepro.profiles import get_profile
-from bagrepro.plan import plan_units
+from bagrepro.runner import plan_units
 from bagrepro.runner import RunOptions, discover_experiments, experiment_settings
 
 EXPERIMENTS = list(discover_experiments().values())
