@@ -61,8 +61,11 @@ def clean_predictions(ctx, names: list[str]) -> pd.DataFrame:
 
 def clean_work(ctx, names: list[str]) -> list[Work]:
     """--plan: the clean predictions of ``names`` that :func:`clean_predictions` would compute: not
-    finished in the unit store, and not planned already in this run (``ctx.planned``)."""
-    count, store = len(ctx.images()), ctx.units(owner=OWNER)
-    missing = [name for name in names if ("clean", name) not in ctx.planned and not store.done(name)]
+    finished in the unit store (with --force: every one; the store is not opened, as opening it
+    under --force clears it), and not planned already in this run (``ctx.planned``)."""
+    count = len(ctx.images())
+    store = None if ctx.force else ctx.units(owner=OWNER)
+    missing = [name for name in names
+               if ("clean", name) not in ctx.planned and (store is None or not store.done(name))]
     ctx.planned.update(("clean", name) for name in names)
     return [Work(name, "clean predictions", count, count) for name in missing]

@@ -139,9 +139,8 @@ def _correct_counts(path: Path, **where) -> dict[str, tuple[int, int]]:
     frame = pd.read_csv(path)
     for column, value in where.items():
         frame = frame[frame[column] == value]
-    grouped = frame.groupby("model")["correct_top1"]
-    return {model: (int(round(total)), int(count)) for model, total, count in
-            zip(grouped.sum().index, grouped.sum().to_numpy(), grouped.size().to_numpy())}
+    counts = frame.groupby("model")["correct_top1"].agg(["sum", "size"])
+    return {model: (int(round(row["sum"])), int(row["size"])) for model, row in counts.iterrows()}
 
 
 def _training_html(out: Path) -> str:

@@ -656,6 +656,7 @@ def train_zoo(ctx: RunContext, log) -> Path:
 
     for name in ctx.model_names:
         ctx.model(name)
+    ctx.tuned.forget_images()
     recipe = dataclasses.asdict(ctx.tuned.recipe)
     meta = {"profile": ctx.profile.name, "data": str(ctx.options.data), "recipe": recipe,
             "from_scratch": ctx.tuned.from_scratch, "classes": ctx.tuned.data.classes,

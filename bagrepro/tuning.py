@@ -261,6 +261,10 @@ class TunedZoo:
             custom, models=tuple(self.names), stand_ins=MappingProxyType(self.stand_ins()), pretrained=True,
             description=f"{custom.description}; trained on {self.data.root}")
 
+    def forget_images(self) -> None:
+        """Drop the decoded train/val images (once every model is trained: the experiments read files)."""
+        self._decoded.clear()
+
     def _images(self, split: str) -> TrainingImages:
         if split not in self._decoded:
             size = self.recipe.image_size

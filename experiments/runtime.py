@@ -48,8 +48,13 @@ def _time_batch(model, batch: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def timed_batch_size(ctx: RunContext) -> int:
+    """The run's --batch-size (a number, or the one 'auto' chose) when given, else the setting's."""
+    return ctx.batch_size if ctx.options.batch_size else ctx.settings.batch_size
+
+
 def run(ctx: RunContext) -> None:
-    batch_size = ctx.batch_size if ctx.options.batch_size else ctx.settings.batch_size
+    batch_size = timed_batch_size(ctx)
     repeats, warmup = ctx.settings.repeats, ctx.settings.warmup
     reference = ctx.role(paper.RUNTIME_REFERENCE)
     names = ctx.model_names + ([reference] if reference not in ctx.model_names else [])
@@ -125,7 +130,7 @@ def report_table(results_dir: Path):
 
 def plan(ctx: RunContext) -> list:
     """--plan: warm-up and timed batches per model, as built and through its inference copy."""
-    batch_size = ctx.batch_size if ctx.options.batch_size else ctx.settings.batch_size
+    batch_size = timed_batch_size(ctx)
     passes = (ctx.settings.warmup + ctx.settings.repeats) * batch_size * 2
     reference = ctx.role(paper.RUNTIME_REFERENCE)
     names = ctx.model_names + ([reference] if reference not in ctx.model_names else [])

@@ -300,3 +300,15 @@ def test_batch_size_auto_is_chosen_from_memory_and_used(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_all.parse_args(["--batch-size", "0"])
     assert exit_info.value.code == 2
+
+
+def test_plan_with_force_plans_everything_and_deletes_nothing(tmp_path, capsys):
+    assert run_cli(tmp_path, "--profile", "smoke", "--experiment", "accuracy", "--quiet") == 0
+    units = sorted((tmp_path / "results" / "accuracy" / ".units").rglob("*.csv"))
+    assert units
+    capsys.readouterr()
+    assert run_cli(tmp_path, "--profile", "smoke", "--experiment", "accuracy", "--plan") == 0
+    assert "clean predictions" not in capsys.readouterr().out  # finished: nothing to do
+    assert run_cli(tmp_path, "--profile", "smoke", "--experiment", "accuracy", "--plan", "--force") == 0
+    assert "clean predictions" in capsys.readouterr().out  # --force would recompute them ...
+    assert sorted((tmp_path / "results" / "accuracy" / ".units").rglob("*.csv")) == units  # ... --plan did not
