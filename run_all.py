@@ -80,9 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "from a short calibration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT, help="folder for results/ and figures/ (default: the repo)")
-    parser.add_argument("--force", action="store_true",
-                        help="recompute finished units instead of reusing them (demo profile, --train: also retrain "
-                             "the models)")
+    parser.add_argument("--force", action="store_true", help="recompute finished units instead of reusing them")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train the models again: the demo zoo (instead of its shipped weights or the cache) or "
+                             "--train's models (instead of the cache)")
     parser.add_argument("--figures-only", action="store_true", help="only make figures from existing CSVs")
     parser.add_argument("--list", action="store_true",
                         help="list experiments, profiles and models (with --experiment: its settings), then exit")

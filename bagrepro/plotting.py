@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -68,3 +69,14 @@ def draw_heatmap(ax, heatmap, image=None, percentile: float = 99.0, title: str |
         spine.set_visible(False)
     if title:
         ax.set_title(title, fontsize=7)
+
+
+def error_bars(table, column: str, scale: float = 1.0):
+    """``yerr`` for matplotlib: [2, rows] distances from ``table[column]`` down to ``<column>_low``
+    and up to ``<column>_high`` (times ``scale``); None when the table has no interval columns (a
+    CSV written before they existed), so that the figure is drawn without error bars."""
+    if f"{column}_low" not in table or f"{column}_high" not in table:
+        return None
+    value = table[column].to_numpy(dtype=np.float64)
+    low, high = table[f"{column}_low"].to_numpy(dtype=np.float64), table[f"{column}_high"].to_numpy(dtype=np.float64)
+    return np.clip(np.stack([value - low, high - value]), 0, None) * scale

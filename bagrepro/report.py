@@ -19,18 +19,25 @@ import pandas as pd
 
 from . import paper
 from .atomic import atomic_path
+from .contrasts import contrasts
 from .metrics import proportion_interval
 
-COMPARISON_COLUMNS = ("metric", "ours", "paper", "difference")
+COMPARISON_COLUMNS = ("metric", "ours", "ours_low", "ours_high", "paper", "difference", "paper_vs_ours")
 
 
 def comparison(frame: pd.DataFrame, ids: list[str], metric: str, ours: str, paper: str) -> pd.DataFrame:
-    """A report table: id columns, the metric's name, ours, the paper's value and ours - paper."""
+    """A report table: id columns, the metric's name, ours with its 95 % interval (the summary's
+    ``<ours>_low`` / ``<ours>_high`` columns; NaN where it has none), the paper's value, ours - paper,
+    and whether the paper's value lies inside our interval."""
     table = frame[ids].copy()
     table["metric"] = metric
     table["ours"] = frame[ours].to_numpy()
+    for bound in ("low", "high"):
+        table[f"ours_{bound}"] = frame[f"{ours}_{bound}"].to_numpy() if f"{ours}_{bound}" in frame else float("nan")
     table["paper"] = frame[paper].to_numpy() if paper in frame else float("nan")
     table["difference"] = pd.to_numeric(table["ours"], errors="coerce") - pd.to_numeric(table["paper"], errors="coerce")
+    table["paper_vs_ours"] = [_verdict(None if pd.isna(reference) else reference, (low, high)) for reference, low, high
+                              in zip(pd.to_numeric(table["paper"], errors="coerce"), table["ours_low"], table["ours_high"])]
     return table
 
 
@@ -60,10 +67,23 @@ def _image_tag(path: Path) -> str:
     return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
 
 
+def _number(value) -> str:
+    return "" if pd.isna(value) else f"{value:.4g}"
+
+
 def _table_html(table: pd.DataFrame) -> str:
+    """An HTML table; ``ours`` with ``ours_low`` / ``ours_high`` beside it becomes one cell
+    'value [low, high]' (the 95 % interval)."""
+    table = table.copy()
+    if {"ours", "ours_low", "ours_high"} <= set(table.columns):
+        table["ours"] = [_number(v) + ("" if pd.isna(low) else f" [{_number(low)}, {_number(high)}]")
+                         if isinstance(v, (int, float)) else v
+                         for v, low, high in zip(table["ours"], table["ours_low"], table["ours_high"])]
+        table = table.drop(columns=["ours_low", "ours_high"]).rename(columns={"ours": "ours [95 % interval]"})
+
     def cell(value):
         if isinstance(value, float):
-            return "" if pd.isna(value) else f"{value:.4g}"
+            return _number(value)
         return html.escape(str(value))
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
@@ -176,6 +196,20 @@ def _training_html(out: Path) -> str:
             "our interval (outside: this sample resolves the difference).</p>" + _table_html(pd.DataFrame(rows)))
 
 
+def _contrasts_html(out: Path) -> str:
+    """The paper's findings against this run (:mod:`bagrepro.contrasts`), first on the page."""
+    rows = "".join(
+        f"<tr><td>{html.escape(c.finding)}</td><td>{html.escape(c.paper)}</td><td>{html.escape(c.ours)}</td>"
+        f"<td class='verdict {c.verdict.replace(' ', '-')}'>{html.escape(c.verdict)}</td>"
+        f"<td><code>{html.escape(c.source)}</code></td></tr>" for c in contrasts(out))
+    return ("<h2 id='contrasts'>The paper's findings in this run</h2>"
+            "<p>Computed from the CSVs below; every number of ours with its 95 % interval (exact for accuracies, "
+            "a seeded bootstrap over images otherwise). <em>agrees</em>: the sample resolves the effect in the "
+            "paper's direction; <em>not resolved</em>: its interval holds no effect; <em>disagrees</em>: it resolves "
+            "the opposite.</p><table class='contrasts'><thead><tr><th>the paper's finding</th><th>paper</th>"
+            f"<th>this run [95 % interval]</th><th>verdict</th><th>from</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -184,6 +218,8 @@ table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 td, th { border: 1px solid #ddd; padding: .2em .5em; text-align: left; }
 .notrun { color: #a00; font-weight: bold; } .question { font-style: italic; }
 .skipped { color: #a60; }
+.verdict.agrees { background: #e3f4e3; } .verdict.disagrees { background: #fbe0e0; }
+.verdict.not-resolved { background: #fff6e0; }
 .scope { background: #fff6e0; border-left: 4px solid #e0a000; padding: .5em 1em; }
 """
 
@@ -225,6 +261,7 @@ def build_report(out: Path, experiments) -> Path:
             f"<p>Generated {stamp} by bagrepro from the CSVs under results/. Paper values: the paper and its "
             f"reproducibility report (see each table's <em>paper</em> column).</p>"
             + _scope_html(sections)
+            + _contrasts_html(out)
             + _training_html(out)
             + "\n".join(body)
             + f"<h2 id='provenance'>Provenance</h2>{_provenance_html(sections)}{IMAGE_CHECK}</body></html>")

@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, plan, settings as settings_schema, tuning
+from . import distributed, plan, tuning
+from . import settings as settings_schema
 from .cache import config_hash
 from .data.check import Unreadable, find_unreadable
 from .data.imagenet import load_imagenet_val, load_images
@@ -39,7 +40,15 @@ from .models.fast import fuse_for_inference, with_precision
 from .passes import PassCounter
 from .profiles import Profile, activate, get_profile
 from .report import build_report
-from .results import UnitStore, git_commit, meta_path, package_versions, read_unit_frames, write_csv, write_npz
+from .results import (
+    UnitStore,
+    git_commit,
+    meta_path,
+    package_versions,
+    read_unit_frames,
+    write_csv,
+    write_npz,
+)
 from .settings import NoSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +167,8 @@ class RunOptions:
     seed: int = 0
     out: Path = REPO_ROOT
     force: bool = False
+    #: train the models again (demo zoo, --train) instead of loading shipped or cached weights
+    retrain: bool = False
     quiet: bool = False
     weights_dir: str | None = None
     figures_only: bool = False
@@ -527,7 +538,7 @@ class RunContext:
         if name not in self._models:
             model = create_model(name, pretrained=self.profile.pretrained, weights_dir=self.options.weights_dir,
                                  progress=not self.quiet, init_seed=self.seed,
-                                 force=self.force and distributed.is_main())  # torchrun: rank 0 re-makes them
+                                 force=self.options.retrain and distributed.is_main())  # torchrun: rank 0 retrains
             classes = len(self.images().classes)
             if model.zoo_spec.num_classes != classes:
                 raise ConfigError(f"model '{name}' has {model.zoo_spec.num_classes} classes but the data has "
@@ -711,6 +722,11 @@ def _run_stages(options: RunOptions, experiments: list[Experiment], log) -> dict
         if ctx.tuned is not None and distributed.is_main():
             start = time.perf_counter()
             train_zoo(ctx, log)
+            timings["training"] = time.perf_counter() - start
+        elif options.retrain and distributed.is_main():  # every model now, even where all units are done
+            start = time.perf_counter()
+            for name in ctx.model_names:
+                ctx.model(name)
             timings["training"] = time.perf_counter() - start
         if distributed.is_distributed():  # rank 0 downloads or trains missing weights; the rest read caches
             if distributed.is_main():

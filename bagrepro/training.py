@@ -271,9 +271,10 @@ def read_record(weights_path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _load_cached(path: Path, model: nn.Module) -> nn.Module | None:
+def load_cached(path: Path, model: nn.Module, what: str = "cached") -> nn.Module | None:
     """``model`` with the weights at ``path`` in eval mode, or None when the file is damaged (its
-    SHA-256 differs from the one recorded beside it, or it cannot be loaded): said in one line."""
+    SHA-256 differs from the one recorded beside it, or it cannot be loaded): said in one line
+    (``what``: how the line names the file, e.g. 'cached' or 'shipped')."""
     try:
         recorded = (read_record(path) or {}).get("sha256")
         if recorded is not None and recorded != file_sha256(path):
@@ -281,7 +282,7 @@ def _load_cached(path: Path, model: nn.Module) -> nn.Module | None:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
     except Exception as error:  # noqa: BLE001  (torch.load raises many kinds on a damaged file)
-        print(f"[training] the cached trained model {path} is damaged "
+        print(f"[training] the {what} trained model {path} is damaged "
               f"({one_line(error, 120) or type(error).__name__}): training it again", file=sys.stderr)
         return None
 
@@ -296,7 +297,7 @@ def train_cached(path: Path, train: Callable[[Path], tuple[nn.Module, dict]], in
     if force:
         checkpoint.unlink(missing_ok=True)
     elif path.exists():
-        model = _load_cached(path, into)
+        model = load_cached(path, into)
         if model is not None:
             return model, False
     model, record = train(checkpoint)

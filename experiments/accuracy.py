@@ -5,8 +5,17 @@ Writes ``results/accuracy/``:
   class's logit and probability, correct_top1 / correct_top5 (later experiments reuse these rows),
   then the true class's name (``true_class_name``: the ImageNet name of a synset, else the class
   folder's name);
-- ``summary.csv``: per model top-1 / top-5 (%) beside the paper's reference numbers;
-- ``per_class.csv``: per (model, class) top-1 / top-5 (%), for Fig. 7, then ``class_name``.
+- ``summary.csv``: per model top-1 / top-5 (%) beside the paper's reference numbers, then
+  ``top1_low``, ``top1_high``, ``top5_low``, ``top5_high``: their exact (Clopper-Pearson) 95 %
+  intervals in %;
+- ``per_class.csv``: per (model, class) top-1 / top-5 (%), for Fig. 7, then ``class_name``, then the
+  same four interval columns (%);
+- ``per_group.csv`` (the demo world): per (model, class group) top-1 / top-5 (%) and chance, then the
+  same four interval columns (%).
+
+The intervals count the correct images (expected hits under random tie-breaking can be fractional:
+their sum is rounded to a whole number of images) out of ``n_images``. :func:`exact_intervals` and
+:func:`error_bars` serve the other experiments' accuracy intervals and error bars too.
 """
 
 from __future__ import annotations
@@ -17,16 +26,26 @@ import numpy as np
 import pandas as pd
 
 from bagrepro import paper
-from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.data.synsets import display_name
+from bagrepro.metrics import with_accuracy_intervals
+from bagrepro.plotting import (
+    OURS_COLOUR,
+    PAPER_COLOUR,
+    error_bars,
+    new_figure,
+    save_figure,
+)
 from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.report import comparison
-from bagrepro.data.synsets import display_name
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
+METRICS = ("top1", "top5")
+
 
 def summarize(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Per model: images, top-1 / top-5 in %, and the paper's reference numbers beside them."""
+    """Per model: images, top-1 / top-5 in %, the paper's reference numbers beside them, then the
+    exact 95 % intervals of top-1 / top-5 (%)."""
     summary = (predictions.groupby(["model", "role"], dropna=False, sort=False)
                .agg(n_images=("image_id", "size"), top1=("correct_top1", "mean"), top5=("correct_top5", "mean"))
                .reset_index())
@@ -36,10 +55,12 @@ def summarize(predictions: pd.DataFrame) -> pd.DataFrame:
     summary["paper_top5"] = reference.map(lambda ref: ref[1] if ref else np.nan)
     summary["diff_top1"] = summary["top1"] - summary["paper_top1"]
     summary["diff_top5"] = summary["top5"] - summary["paper_top5"]
-    return summary
+    return with_accuracy_intervals(summary)
 
 
 def per_class(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, class): images and top-1 / top-5 in % (intervals appended by :func:`run`, after
+    the class names)."""
     table = (predictions.groupby(["model", "role", "true_class"], dropna=False, sort=False)
              .agg(n_images=("image_id", "size"), top1=("correct_top1", "mean"), top5=("correct_top5", "mean"))
              .reset_index())
@@ -54,7 +75,8 @@ def with_class_names(table: pd.DataFrame, classes, column: str) -> pd.DataFrame:
 
 
 def per_group(predictions: pd.DataFrame, class_groups: list[str]) -> pd.DataFrame:
-    """Top-1 / top-5 (%) per model and class group (plus 'all'); chance = 100 / classes in the group."""
+    """Top-1 / top-5 (%) per model and class group (plus 'all'); chance = 100 / classes in the group;
+    then the exact 95 % intervals of top-1 / top-5 (%)."""
     frame = predictions.assign(group=predictions["true_class"].map(dict(enumerate(class_groups))))
     frame = pd.concat([frame, frame.assign(group="all")], ignore_index=True)
     table = (frame.groupby(["model", "role", "group"], dropna=False, sort=False)
@@ -63,7 +85,7 @@ def per_group(predictions: pd.DataFrame, class_groups: list[str]) -> pd.DataFram
     table[["top1", "top5"]] *= 100
     sizes = {g: class_groups.count(g) for g in set(class_groups)} | {"all": len(class_groups)}
     table["chance_top1"] = 100 / table["group"].map(sizes)
-    return table
+    return with_accuracy_intervals(table)
 
 
 def run(ctx: RunContext) -> None:
@@ -72,25 +94,29 @@ def run(ctx: RunContext) -> None:
     meta = {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)"}
     ctx.write_csv(with_class_names(predictions, images.classes, "true_class_name"), "predictions.csv", **meta)
     ctx.write_csv(summarize(predictions), "summary.csv", **meta)
-    ctx.write_csv(with_class_names(per_class(predictions), images.classes, "class_name"), "per_class.csv", **meta)
+    ctx.write_csv(with_accuracy_intervals(with_class_names(per_class(predictions), images.classes, "class_name")),
+                  "per_class.csv", **meta)
     groups = getattr(images, "class_groups", None)
     if groups:  # the demo world: local-evidence classes against arrangement-defined ones
         ctx.write_csv(per_group(predictions, groups), "per_group.csv", **meta)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Fig. 1B: top-1 / top-5 per model, ours beside the paper's reference."""
+    """Fig. 1B: top-1 / top-5 per model, ours (with its exact 95 % interval as an error bar) beside
+    the paper's reference."""
     summary = read_csv(results_dir / "summary.csv")
     fig, axes = new_figure(1, 2, figsize=(9, 3.2), sharey=True)
     x = np.arange(len(summary))
     for ax, metric in zip(axes, ("top1", "top5")):
-        ax.bar(x - 0.2, summary[metric], 0.4, color=OURS_COLOUR, label="ours")
+        ax.bar(x - 0.2, summary[metric], 0.4, color=OURS_COLOUR, label="ours (95 % interval)",
+               yerr=error_bars(summary, metric), capsize=2, error_kw={"lw": 0.8})
         ax.bar(x + 0.2, summary[f"paper_{metric}"].fillna(0), 0.4, color=PAPER_COLOUR, label="paper / reference")
-        for xi, value in zip(x, summary[metric]):
-            ax.text(xi - 0.2, value + 1, f"{value:.1f}", ha="center", fontsize=7)
+        tops = summary.get(f"{metric}_high", summary[metric]).fillna(summary[metric])
+        for xi, value, top in zip(x, summary[metric], tops):
+            ax.text(xi - 0.2, top + 1, f"{value:.1f}", ha="center", fontsize=7)
         ax.set_xticks(x, summary["model"], rotation=30, ha="right")
         ax.set_title(f"{metric.replace('top', 'top-')} accuracy (%)")
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 108)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")  # clear of the bars
     fig.suptitle("Fig. 1B: accuracy (paper: released BagNets; torchvision V1 docs for deep models)", fontsize=9)
     return save_figure(fig, figures_dir / "fig1b_accuracy")

@@ -7,8 +7,12 @@ onto an earlier pair is left out), from the accuracy experiment's per-image rows
 the paper, Cohen's kappa error consistency of top-1 correctness per image (Geirhos et al. 2020).
 
 Writes ``results/error_distribution/per_class.csv`` (pair, model_x, model_y, class, accuracy_x,
-accuracy_y) and ``pairs.csv`` (pair, metric, Pearson r of per-class accuracy, kappa, accuracies). The
-per-class metric is the profile's ``accuracy_metric`` (top-5 as in the paper; top-1 on the demo).
+accuracy_y) and ``pairs.csv`` (pair, model_x, model_y, metric, Pearson r of per-class accuracy, kappa,
+top-1 of x and y in %, images, classes; then the 95 % intervals: ``pearson_r_per_class_low`` /
+``_high`` (percentile bootstrap over classes, the rows r is computed on),
+``kappa_top1_low`` / ``_high`` (paired percentile bootstrap over images: both models' answers on an
+image are drawn together), ``top1_x_low`` / ``_high``, ``top1_y_low`` / ``_high`` (exact, in %)).
+The per-class metric is the profile's ``accuracy_metric`` (top-5 as in the paper; top-1 on the demo).
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bagrepro.metrics import error_consistency
+from bagrepro.metrics import (
+    bootstrap_interval,
+    error_consistency,
+    exact_intervals,
+    pearson_interval,
+)
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.report import comparison
@@ -30,9 +39,22 @@ PAIRS = (("bagnet33", "vgg16"), ("bagnet33", "resnet50"), ("bagnet33", "resnet15
          ("bagnet33", "densenet169"), ("vgg11", "vgg16"))
 
 
+def kappa(correct_x: np.ndarray, correct_y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """:func:`bagrepro.metrics.error_consistency` along ``axis`` for many samples at once: correct_x,
+    correct_y are 0/1 correctness arrays [..., N images] (e.g. bootstrap resamples); Cohen's kappa
+    [...] (NaN where the expected agreement is 1)."""
+    observed = (correct_x == correct_y).mean(axis)
+    p_x, p_y = correct_x.mean(axis), correct_y.mean(axis)
+    expected = p_x * p_y + (1 - p_x) * (1 - p_y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isclose(expected, 1.0), np.nan, (observed - expected) / (1 - expected))
+
+
 def compare(predictions: pd.DataFrame, x: str, y: str, metric: str = "top5") -> tuple[pd.DataFrame, dict]:
     """Per-class accuracy (``metric``: 'top5' as in the paper, or 'top1') of models x and y, and the
-    pair's r (NaN where either is constant) and kappa."""
+    pair's r (NaN where either is constant) and kappa, then their 95 % intervals: r bootstrapped over
+    classes, kappa over images (paired), top-1 of x and y (%) exact. An interval is NaN where its
+    number is, or where a resample leaves it undefined (e.g. both models right on every drawn image)."""
     a = predictions[predictions["model"] == x].set_index("image_id")
     b = predictions[predictions["model"] == y].set_index("image_id").reindex(a.index)
     per_class = pd.DataFrame({
@@ -46,6 +68,13 @@ def compare(predictions: pd.DataFrame, x: str, y: str, metric: str = "top5") -> 
     summary = {"metric": metric, "pearson_r_per_class": r, "kappa_top1": error_consistency(a["correct_top1"], b["correct_top1"]),
                "top1_x": a["correct_top1"].mean() * 100, "top1_y": b["correct_top1"].mean() * 100,
                "n_images": len(a), "n_classes": len(per_class)}
+    summary["pearson_r_per_class_low"], summary["pearson_r_per_class_high"] = (
+        (np.nan, np.nan) if np.isnan(r) else pearson_interval(per_class["accuracy_x"], per_class["accuracy_y"]))
+    right_x, right_y = a["correct_top1"].astype(bool).to_numpy(), b["correct_top1"].astype(bool).to_numpy()
+    summary["kappa_top1_low"], summary["kappa_top1_high"] = (
+        (np.nan, np.nan) if np.isnan(summary["kappa_top1"]) else bootstrap_interval(kappa, right_x, right_y))
+    for name, rows in (("top1_x", a), ("top1_y", b)):
+        (summary[f"{name}_low"],), (summary[f"{name}_high"],) = exact_intervals(rows["correct_top1"].sum(), len(rows))
     return per_class, summary
 
 
@@ -81,8 +110,16 @@ def run(ctx: RunContext) -> None:
     ctx.write_csv(pd.DataFrame(pair_rows), "pairs.csv", source="clean predictions")
 
 
+def _with_interval(row: pd.Series, column: str) -> str:
+    """'value [low, high]' (2 decimals) of ``row[column]`` and its 95 % interval columns; the value
+    alone where the row has no (finite) interval."""
+    low, high = row.get(f"{column}_low", np.nan), row.get(f"{column}_high", np.nan)
+    text = f"{row[column]:.2f}"
+    return text if pd.isna(low) or pd.isna(high) else f"{text} [{low:.2f}, {high:.2f}]"
+
+
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Fig. 7: per-class top-5 scatter per pair, with r and kappa on each panel."""
+    """Fig. 7: per-class top-5 scatter per pair, with r and kappa and their 95 % intervals on each panel."""
     per_class = read_csv(results_dir / "per_class.csv")
     pairs = read_csv(results_dir / "pairs.csv")
     fig, axes = new_figure(1, len(pairs), figsize=(2.4 * len(pairs), 2.6), squeeze=False)
@@ -96,7 +133,8 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         ax.set_ylim(low - 2, 102)
         ax.set_xlabel(f"{pair['model_y']} {pair['metric']} (%)", fontsize=7)
         ax.set_ylabel(f"{pair['model_x']} {pair['metric']} (%)", fontsize=7)
-        ax.set_title(f"r = {pair['pearson_r_per_class']:.2f}, kappa = {pair['kappa_top1']:.2f}", fontsize=7)
+        ax.set_title(f"r = {_with_interval(pair, 'pearson_r_per_class')}\n"
+                     f"kappa = {_with_interval(pair, 'kappa_top1')}", fontsize=7)
     fig.suptitle(f"Fig. 7: per-class {pairs['metric'].iloc[0]} accuracy (paper: top-5, axes 40-100 %)", fontsize=9)
     return save_figure(fig, figures_dir / "fig7_error_distribution")
 

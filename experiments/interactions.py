@@ -8,7 +8,8 @@ LHS: all masks at once, RHS: the sum over single masks, for the leading class's 
 of LHS against RHS across images, per model and patch size, measures interactions (1 = none).
 
 Writes ``results/interactions/terms.csv`` (model, role, image_id, patch_size, min_distance,
-n_masks, leading_class, lhs, rhs) and ``correlation.csv`` (Pearson r per model and patch size).
+n_masks, leading_class, lhs, rhs) and ``correlation.csv`` (Pearson r per model and patch size, with
+its 95 % paired bootstrap interval over images, ``pearson_r_low/high``).
 Forward passes per image and model: sum over sizes of (2 + number of masks).
 """
 
@@ -24,6 +25,7 @@ import torch
 from scipy import stats
 
 from bagrepro.masking import interaction_terms, separated_masks
+from bagrepro.metrics import pearson_interval
 from bagrepro.plan import Work
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.report import comparison
@@ -67,15 +69,19 @@ def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
 
 
 def correlations(terms: pd.DataFrame) -> pd.DataFrame:
-    """Pearson r of LHS against RHS per (model, patch size), and the largest |LHS - RHS|."""
+    """Pearson r of LHS against RHS per (model, patch size), the largest |LHS - RHS| and |term|,
+    and the r's 95 % interval (``pearson_r_low/high``: percentile bootstrap over images, each
+    resample drawing whole images, i.e. (LHS, RHS) pairs; NaN with fewer than three images)."""
     rows = []
     for (model, role, size), group in terms.groupby(["model", "role", "patch_size"], dropna=False, sort=False):
-        r = stats.pearsonr(group["lhs"], group["rhs"]).statistic if len(group) > 2 else np.nan
+        enough = len(group) > 2
+        r = stats.pearsonr(group["lhs"], group["rhs"]).statistic if enough else np.nan
+        low, high = pearson_interval(group["lhs"].to_numpy(), group["rhs"].to_numpy()) if enough else (np.nan, np.nan)
         scale = np.abs(group[["lhs", "rhs"]].to_numpy()).max()
         rows.append({"model": model, "role": role, "patch_size": size, "min_distance": group["min_distance"].iloc[0],
                      "n_images": len(group), "pearson_r": r,
                      "max_abs_difference": float(np.abs(group["lhs"] - group["rhs"]).max()),
-                     "max_abs_term": float(scale)})
+                     "max_abs_term": float(scale), "pearson_r_low": low, "pearson_r_high": high})
     return pd.DataFrame(rows)
 
 
@@ -96,20 +102,24 @@ def run(ctx: RunContext) -> None:
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Fig. 6C (r against the distance between masks, per model) and Fig. 6A (LHS vs RHS scatter)."""
+    """Fig. 6C (r against the distance between masks, per model, with its 95 % interval as a band)
+    and Fig. 6A (LHS vs RHS scatter)."""
     correlation = read_csv(results_dir / "correlation.csv")
     terms = read_csv(results_dir / "terms.csv")
     models = list(dict.fromkeys(correlation["model"]))
     fig, ax = new_figure(figsize=(5.5, 3.5))
     for model in models:
         rows = correlation[correlation["model"] == model]
-        ax.plot(rows["min_distance"], rows["pearson_r"], marker="o", label=model)
+        line, = ax.plot(rows["min_distance"], rows["pearson_r"], marker="o", label=model)
+        if {"pearson_r_low", "pearson_r_high"} <= set(rows.columns):  # a correlation.csv of an older run has none
+            ax.fill_between(rows["min_distance"], rows["pearson_r_low"], rows["pearson_r_high"],
+                            color=line.get_color(), alpha=0.15, lw=0)
         q = terms.loc[terms["model"] == model, "receptive_field"].iloc[0]
         if not np.isnan(q):
             ax.axvline(q, color=ax.lines[-1].get_color(), lw=0.6, ls=":")
     ax.set_xlabel("minimum distance between masked patches (px)")
     ax.set_ylabel("Pearson r (LHS, RHS of eq. 1)")
-    ax.set_title("Fig. 6C: interactions between image parts (dotted: BagNet q)")
+    ax.set_title("Fig. 6C: interactions between image parts (band: 95 % interval; dotted: BagNet q)", fontsize=9)
     ax.legend(fontsize=7)
     paths = save_figure(fig, figures_dir / "fig6c_interactions")
 
@@ -120,12 +130,19 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         ax.scatter(rows["rhs"], rows["lhs"], s=6)
         low, high = rows[["lhs", "rhs"]].min().min(), rows[["lhs", "rhs"]].max().max()
         ax.plot([low, high], [low, high], color="k", lw=0.6)
-        r = correlation.loc[(correlation["model"] == model) & (correlation["patch_size"] == size), "pearson_r"]
-        ax.set_title(f"{model}\nr = {r.iloc[0]:.3f}" if len(r) else model, fontsize=8)
+        r = correlation[(correlation["model"] == model) & (correlation["patch_size"] == size)]
+        ax.set_title(f"{model}\nr = {_with_interval(r.iloc[0])}" if len(r) else model, fontsize=8)
         ax.set_xlabel("RHS (sum of single masks)")
     axes[0][0].set_ylabel("LHS (all masks)")
     fig.suptitle(f"Fig. 6A: LHS against RHS at {size} px patches", fontsize=9)
     return paths + save_figure(fig, figures_dir / "fig6a_scatter")
+
+
+def _with_interval(row: pd.Series) -> str:
+    """'0.987 [0.962, 0.996]' for one correlation.csv row (the r alone where it has no interval)."""
+    low, high = row.get("pearson_r_low", np.nan), row.get("pearson_r_high", np.nan)
+    interval = "" if pd.isna(low) or pd.isna(high) else f" [{low:.3f}, {high:.3f}]"
+    return f"{row['pearson_r']:.3f}{interval}"
 
 
 def report_table(results_dir: Path):

@@ -13,7 +13,12 @@ probability is recorded at every k. Heatmaps, each computed once per (image, tes
 
 Writes ``results/masking/curves.csv`` (model, role, image_id, method, seed, k, probability,
 leading_class), ``table1.csv`` (mean probability at k = steps per model and method, the paper's
-value and the difference) and ``example_heatmaps.npz`` (heatmaps of the first images, for the figure).
+value, the difference, and ours' 95 % bootstrap interval over images ``ours_low/high``),
+``comparisons.csv`` (per tested model, each BagNet heatmap against each white-box method at
+k = steps: the mean paired difference of p(leading class) over images with its 95 % interval and
+whether the sample resolves its sign) and ``example_heatmaps.npz`` (heatmaps of the first images,
+for the figure). Random orders count per image as the mean over their seeds; every interval
+resamples images, never seeds.
 Forward passes per image and tested model: (steps + 1) per method and random seed, plus the
 heatmaps' own (Saliency, eps-LRP: 1 forward + 1 backward; IG: ig_steps of each; DeepLIFT: 2 + 1;
 a BagNet heatmap: one phase-folded pass of its BagNet).
@@ -34,6 +39,12 @@ from bagrepro import attribution, paper
 from bagrepro.errors import MissingRoleError
 from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
+from bagrepro.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    mean_interval,
+    resolution,
+)
 from bagrepro.plan import Work
 from bagrepro.plotting import draw_heatmap, new_figure, save_figure
 from bagrepro.profiles import BAGNET_ROLES
@@ -127,17 +138,94 @@ def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: Se
     return pd.concat(frames, ignore_index=True)
 
 
-def table1(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean leading-class probability at the last step per (model, method), beside the paper's Table 1."""
+def last_step_per_image(curves: pd.DataFrame) -> pd.DataFrame:
+    """p(leading class) at each model's last step k (Table 1's point), per (model, role, method,
+    image): one row per image and method, a random order's seeds averaged (so that a bootstrap
+    over these rows resamples images, not seeds). Columns model, role, method, image_id, k,
+    probability."""
     last = curves[curves["k"] == curves.groupby("model")["k"].transform("max")]
-    per_image = last.groupby(["model", "role", "method", "image_id"], dropna=False, sort=False)["probability"].mean()
-    table = per_image.groupby(["model", "role", "method"], dropna=False, sort=False).agg(["mean", "sem", "size"])
+    return (last.groupby(["model", "role", "method", "image_id"], dropna=False, sort=False)
+            .agg(k=("k", "first"), probability=("probability", "mean")).reset_index())
+
+
+def table1(curves: pd.DataFrame) -> pd.DataFrame:
+    """Mean leading-class probability at the last step per (model, method), beside the paper's Table 1,
+    with ours' 95 % interval (``ours_low/high``: percentile bootstrap of the mean over images)."""
+    per_image = last_step_per_image(curves)
+    groups = per_image.groupby(["model", "role", "method"], dropna=False, sort=False)
+    table = groups["probability"].agg(["mean", "sem", "size"])
     table = table.reset_index().rename(columns={"mean": "ours", "sem": "sem", "size": "n_images"})
-    table["k"] = last.groupby("model")["k"].first().reindex(table["model"]).to_numpy()
+    table["k"] = per_image.groupby("model")["k"].first().reindex(table["model"]).to_numpy()
     table["paper"] = [paper.table1_value(role, method) for role, method in zip(table["role"], table["method"])]
     table["paper"] = table["paper"].astype(float)
     table["difference"] = table["ours"] - table["paper"]
+    intervals = [mean_interval(values) for values in groups["probability"].apply(np.asarray)]  # one per row
+    table["ours_low"] = [low for low, _ in intervals]
+    table["ours_high"] = [high for _, high in intervals]
     return table
+
+
+def comparisons(curves: pd.DataFrame, bagnet_methods=BAGNET_ROLES) -> pd.DataFrame:
+    """Table 1's method comparisons, paired over images: per tested model, each BagNet heatmap method
+    (those of ``bagnet_methods`` in the curves) against each white-box method (every other method
+    but 'random'), at the model's last step k.
+
+    Columns: model, role, k, bagnet_method, white_box_method, n_images (images both have),
+    bagnet_p and white_box_p (their mean p(leading class) on those images), bagnet_minus_white_box
+    (mean of the per-image differences = bagnet_p - white_box_p; lower p = the better attribution,
+    so < 0: the BagNet heatmap is better), its 95 % interval ``bagnet_minus_white_box_low/high``
+    (percentile bootstrap over images of the mean difference: a resample draws whole images, both
+    methods' values with them), ``resolved`` (:func:`bagrepro.metrics.resolution`: 'below' = the
+    sample resolves the BagNet heatmap as better, 'above' = as worse) and paper_bagnet_minus_white_box
+    (the paper's Table 1 difference, to its 3 decimals; NaN where it lacks either value)."""
+    per_image = last_step_per_image(curves)
+    columns = ["model", "role", "k", "bagnet_method", "white_box_method", "n_images", "bagnet_p", "white_box_p",
+               "bagnet_minus_white_box", "bagnet_minus_white_box_low", "bagnet_minus_white_box_high", "resolved",
+               "paper_bagnet_minus_white_box"]
+    rows = []
+    for (model, role), images in per_image.groupby(["model", "role"], dropna=False, sort=False):
+        by_method = images.pivot(index="image_id", columns="method", values="probability")  # [images, methods]
+        methods_here = list(dict.fromkeys(images["method"]))
+        bagnets = [m for m in methods_here if m in bagnet_methods]
+        white_box = [m for m in methods_here if m not in bagnet_methods and m != "random"]
+        for bagnet in bagnets:
+            for white in white_box:
+                pair = by_method[[bagnet, white]].dropna().to_numpy()  # [N, 2]: the images both have
+                differences = pair[:, 0] - pair[:, 1]
+                low, high = mean_interval(differences)
+                bagnet_paper, white_paper = paper.table1_value(role, bagnet), paper.table1_value(role, white)
+                rows.append({
+                    "model": model, "role": role, "k": images["k"].iloc[0], "bagnet_method": bagnet,
+                    "white_box_method": white, "n_images": len(pair), "bagnet_p": pair[:, 0].mean(),
+                    "white_box_p": pair[:, 1].mean(), "bagnet_minus_white_box": differences.mean(),
+                    "bagnet_minus_white_box_low": low, "bagnet_minus_white_box_high": high,
+                    "resolved": resolution(low, high),
+                    "paper_bagnet_minus_white_box": (np.nan if bagnet_paper is None or white_paper is None
+                                                     else round(bagnet_paper - white_paper, 3)),
+                })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def bootstrap_mean_band(values: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap ``level`` interval of the mean over images at every k: values [N, K]
+    (an image per row, e.g. p(leading class) after k = 0..K-1 masked patches) -> (low [K], high [K]).
+
+    Not :func:`bagrepro.metrics.bootstrap_interval` once per k: one seeded set of resamples serves
+    every k (each resample is one draw of images, its counts [resamples, N] multinomial), so the
+    band is one curve of the same resampled image sets rather than K independent draws, and all K
+    means of all resamples are one matrix product (counts @ values / N). Same method (percentile),
+    resamples and seed as the shared intervals; NaN with fewer than two images."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 2:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan.copy()
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)  # [resamples, N]
+    means = counts @ values / n  # [resamples, K]
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return low, high
 
 
 def tested_models(ctx: RunContext, settings: Settings) -> list[str]:
@@ -172,12 +260,14 @@ def run(ctx: RunContext) -> None:
     curves = pd.concat(frames.values(), ignore_index=True)
     ctx.write_csv(curves, "curves.csv")
     ctx.write_csv(table1(curves), "table1.csv")
+    ctx.write_csv(comparisons(curves), "comparisons.csv")
     ctx.write_npz(examples, "example_heatmaps.npz")
 
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Fig. 8 top (curves with 95% bands, one panel per model) and bottom (example heatmaps)."""
+    """Fig. 8 top (mean curves with 95 % bootstrap bands over images, one panel per model) and bottom
+    (example heatmaps)."""
     curves = read_csv(results_dir / "curves.csv")
     models = list(dict.fromkeys(curves["model"]))
     method_order = list(dict.fromkeys(curves["method"]))
@@ -186,16 +276,16 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     for ax, model in zip(axes[0], models):
         for method in method_order:
             rows = per_image[(per_image["model"] == model) & (per_image["method"] == method)]
-            stats = rows.groupby("k")["probability"].agg(["mean", "sem"])
-            line, = ax.plot(stats.index, stats["mean"], label=method, lw=1.2,
+            by_k = rows.pivot(index="image_id", columns="k", values="probability").dropna()  # [images, k]
+            line, = ax.plot(by_k.columns, by_k.mean().to_numpy(), label=method, lw=1.2,
                             ls="--" if method == "random" else "-")
-            band = 1.96 * stats["sem"].fillna(0)
-            ax.fill_between(stats.index, stats["mean"] - band, stats["mean"] + band, color=line.get_color(), alpha=0.15)
+            low, high = bootstrap_mean_band(by_k.to_numpy())
+            ax.fill_between(by_k.columns, low, high, color=line.get_color(), alpha=0.15, lw=0)
         ax.set_title(model)
         ax.set_xlabel("masked 8x8 patches")
     axes[0][0].set_ylabel("probability of the leading class")
     fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="outside right upper", fontsize=7)  # clear of the curves
-    fig.suptitle("Fig. 8: masking patches in heatmap order (mean, 95% band)", fontsize=9)
+    fig.suptitle("Fig. 8: masking patches in heatmap order (mean over images, 95 % bootstrap band)", fontsize=9)
     paths = save_figure(fig, figures_dir / "fig8_masking_curves")
 
     examples_path = results_dir / "example_heatmaps.npz"
@@ -221,8 +311,22 @@ def _example_figure(examples, figures_dir: Path) -> list[Path]:
 
 
 def report_table(results_dir: Path):
-    table = read_csv(results_dir / "table1.csv")
-    return comparison(table, ["model", "method", "k"], "p(leading class) after k masked patches", "ours", "paper")
+    """Table 1 (ours with its interval beside the paper's), then its method comparisons: per model,
+    BagNet heatmap minus white-box method, paired over images, with ``resolved`` saying whether the
+    sample resolves the sign ('below': the BagNet heatmap is better)."""
+    table = comparison(read_csv(results_dir / "table1.csv"), ["model", "method", "k"],
+                       "p(leading class) after k masked patches", "ours", "paper")
+    path = results_dir / "comparisons.csv"
+    if not path.is_file():  # results of a run before the comparisons existed
+        return table
+    pairs = read_csv(path)
+    pairs["method"] = pairs["bagnet_method"] + " - " + pairs["white_box_method"]
+    differences = comparison(pairs, ["model", "method", "k"],
+                             "difference of p(leading class), paired over images (< 0: BagNet heatmap better)",
+                             "bagnet_minus_white_box", "paper_bagnet_minus_white_box")
+    differences["resolved"] = pairs["resolved"].fillna("").to_numpy()
+    table["resolved"] = ""
+    return pd.concat([table, differences], ignore_index=True)
 
 
 

@@ -6,7 +6,15 @@ on a GPU. Every model runs as built ("eager", as in the paper) and through bagre
 across models so that machine load affects all of them alike; the median is reported.
 
 Writes ``results/runtime/throughput.csv`` (one row per model, path and repeat) and
-``summary.csv`` (median images/s, ratio to the reference model, the paper's ratio).
+``summary.csv`` (median images/s, ratio to the reference model, the paper's ratio; then
+``images_per_s_low`` / ``_high`` (images/s) and ``relative_to_reference_low`` / ``_high`` (a ratio):
+95 % intervals).
+
+Intervals: every repeat is one timed batch per model and path, so the repeats are the samples. A
+percentile bootstrap over repeats resamples whole repeats: a model's time and the reference's time
+from the same repeat (measured back to back, under the same machine load) stay together, and the
+ratio of the resampled medians is the statistic. With few repeats (the default 3) the interval is
+coarse, at most the range of the per-repeat values; with one repeat there is none (NaN).
 """
 
 from __future__ import annotations
@@ -20,8 +28,15 @@ import pandas as pd
 import torch
 
 from bagrepro import paper
-from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.metrics import bootstrap_interval
 from bagrepro.plan import Work
+from bagrepro.plotting import (
+    OURS_COLOUR,
+    PAPER_COLOUR,
+    error_bars,
+    new_figure,
+    save_figure,
+)
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
@@ -89,8 +104,18 @@ def run(ctx: RunContext) -> None:
     ctx.write_csv(summarize(throughput), "summary.csv", **meta)
 
 
+def _median(images_per_s, axis=-1):
+    return np.median(images_per_s, axis=axis)
+
+
+def _ratio_of_medians(images_per_s, reference_images_per_s, axis=-1):
+    return np.median(images_per_s, axis=axis) / np.median(reference_images_per_s, axis=axis)
+
+
 def summarize(throughput: pd.DataFrame) -> pd.DataFrame:
-    """Median images/s per (model, path); ratio to the reference model's eager median."""
+    """Median images/s per (model, path); ratio to the reference model's eager median; then 95 %
+    intervals of both, bootstrapped over repeats (paired with the reference's repeat for the ratio;
+    see the module docstring)."""
     summary = (throughput.groupby(["model", "role", "path"], dropna=False, sort=False)
                .agg(images_per_s=("images_per_s", "median"), repeats=("repeat", "size")).reset_index())
     reference = throughput["reference_model"].iloc[0]
@@ -99,11 +124,25 @@ def summarize(throughput: pd.DataFrame) -> pd.DataFrame:
     summary["reference_model"] = reference
     paper_ratio = summary["role"].map(lambda role: paper.runtime_ratio(role) if isinstance(role, str) else np.nan)
     summary["paper_relative"] = paper_ratio.where(summary["path"] == "eager")  # the paper ran models as built
-    return summary
+    # images/s per repeat: one row per (model, path), one column per repeat
+    per_repeat = throughput.pivot_table(index=["model", "path"], columns="repeat", values="images_per_s")
+    reference_per_repeat = per_repeat.loc[(reference, "eager")].to_numpy()
+    intervals = {name: [] for name in ("images_per_s_low", "images_per_s_high",
+                                       "relative_to_reference_low", "relative_to_reference_high")}
+    for model, path in zip(summary["model"], summary["path"]):
+        timed = per_repeat.loc[(model, path)].to_numpy()
+        both = ~np.isnan(timed) & ~np.isnan(reference_per_repeat)  # repeats that timed both
+        for name, bounds in (("images_per_s", bootstrap_interval(_median, timed[~np.isnan(timed)])),
+                             ("relative_to_reference", bootstrap_interval(_ratio_of_medians, timed[both],
+                                                                          reference_per_repeat[both]))):
+            intervals[f"{name}_low"].append(bounds[0])
+            intervals[f"{name}_high"].append(bounds[1])
+    return summary.assign(**intervals)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Throughput relative to ResNet-50: ours (eager and fused) beside the paper's ratio."""
+    """Throughput relative to ResNet-50: ours (eager and fused; error bars: the 95 % intervals over
+    repeats) beside the paper's ratio."""
     summary = read_csv(results_dir / "summary.csv")
     models = list(dict.fromkeys(summary["model"]))
     fig, ax = new_figure(figsize=(6.5, 3.2))
@@ -111,14 +150,15 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     for offset, path, colour, hatch in ((-0.27, "eager", OURS_COLOUR, None), (0.0, "fused", "#ff7f0e", "//")):
         rows = summary[summary["path"] == path].set_index("model").reindex(models)
         ax.bar(x + offset, rows["relative_to_reference"].fillna(0), 0.27, color=colour, hatch=hatch,
-               label=f"ours ({path})")
+               label=f"ours ({path})", yerr=error_bars(rows, "relative_to_reference"), capsize=2, error_kw={"lw": 0.8})
     paper_ratio = summary[summary["path"] == "eager"].set_index("model").reindex(models)["paper_relative"]
     ax.bar(x + 0.27, paper_ratio.fillna(0), 0.27, color=PAPER_COLOUR, label="paper (GPU)")
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xticks(x, models, rotation=30, ha="right")
     ax.set_ylabel(f"images/s relative to {summary['reference_model'].iloc[0]}")
     ax.legend()
-    ax.set_title("Runtime (Sec. 4.1): throughput relative to ResNet-50, same run")
+    ax.set_title("Runtime (Sec. 4.1): throughput relative to ResNet-50, same run\n"
+                 "(error bars: 95 % intervals over the timed repeats)", fontsize=9)
     return save_figure(fig, figures_dir / "runtime_relative")
 
 

@@ -12,8 +12,12 @@ of an image is destroyed but its local content kept.
 Clean accuracy comes from the shared clean predictions (:mod:`bagrepro.predictions`: reused, computed
 only where missing).
 Writes ``results/scrambling/predictions.csv`` (model, role, image_id, method, grid, correct_top1,
-correct_top5), ``table.csv`` (clean, scrambled and the drop per model and method, the report's
-numbers beside) and ``examples.npz`` (a few clean / scrambled / texturised images for the figure).
+correct_top5), ``table.csv`` (clean, scrambled and the drop per model and method as fractions, the
+report's numbers beside; then per metric (top1, top5) the 95 % intervals ``clean_<m>_low``,
+``clean_<m>_high``, ``manipulated_<m>_low``, ``manipulated_<m>_high`` (exact, Clopper-Pearson, as
+fractions) and ``drop_<m>_low``, ``drop_<m>_high`` (a paired percentile bootstrap over images of
+the mean clean - manipulated correctness, as a fraction)) and ``examples.npz`` (a few clean /
+scrambled / texturised images for the figure).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import pandas as pd
 import torch
 
 from bagrepro import paper
-from bagrepro.plotting import new_figure, save_figure
+from bagrepro.metrics import exact_intervals, mean_interval
 from bagrepro.plan import Work
+from bagrepro.plotting import error_bars, new_figure, save_figure
 from bagrepro.predictions import clean_predictions, clean_work, score_batch
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
@@ -115,10 +120,13 @@ def run(ctx: RunContext) -> None:
 
 
 def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
-    """Per model and manipulation: clean and manipulated top-1/top-5 (fractions), drop, report/paper numbers.
+    """Per model and manipulation: clean and manipulated top-1/top-5 (fractions), drop, report/paper
+    numbers, then the 95 % intervals (fractions): exact for clean and manipulated accuracy, a paired
+    bootstrap over images for the drop (each image's clean minus manipulated correctness, so that
+    the clean and manipulated answers on one image stay together).
 
     Clean accuracy is taken on the same images as the manipulated one (textures use a subset)."""
-    rows = []
+    rows, drop_intervals = [], {f"drop_{metric}_{bound}": [] for metric in ("top1", "top5") for bound in ("low", "high")}
     for (model, role), group in predictions.groupby(["model", "role"], dropna=False, sort=False):
         clean = group[group["method"] == "clean"].set_index("image_id")
         for (method, grid), manipulated in group[group["method"] != "clean"].groupby(["method", "grid"], sort=False):
@@ -128,6 +136,11 @@ def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
                 row[f"clean_{metric}"] = same[f"correct_{metric}"].mean()
                 row[f"manipulated_{metric}"] = manipulated[f"correct_{metric}"].mean()
                 row[f"drop_{metric}"] = row[f"clean_{metric}"] - row[f"manipulated_{metric}"]
+                drop_per_image = (same[f"correct_{metric}"].to_numpy(float)
+                                  - manipulated[f"correct_{metric}"].to_numpy(float))
+                low, high = mean_interval(drop_per_image)
+                drop_intervals[f"drop_{metric}_low"].append(low)
+                drop_intervals[f"drop_{metric}_high"].append(high)
             report = paper.SCRAMBLED_4X4_REPORT.get(role) if method == "tiles" and grid == 4 else None
             row["report_clean_top1"], row["report_scrambled_top1"] = report or (np.nan, np.nan)
             if method == "texture" and role == "vgg16":
@@ -135,7 +148,17 @@ def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
                 row["paper_texture_top5_pct"] = paper.TEXTURISED_VGG16_TOP5["texture"]
             row["note"] = texture_note if method == "texture" else ""
             rows.append(row)
-    return pd.DataFrame(rows)
+    accuracies = pd.DataFrame(rows)
+    if accuracies.empty:
+        return accuracies
+    intervals = {}
+    for metric in ("top1", "top5"):
+        for stage in ("clean", "manipulated"):
+            intervals[f"{stage}_{metric}_low"], intervals[f"{stage}_{metric}_high"] = exact_intervals(
+                accuracies[f"{stage}_{metric}"] * accuracies["n_images"], accuracies["n_images"], scale=1.0)
+        for bound in ("low", "high"):
+            intervals[f"drop_{metric}_{bound}"] = drop_intervals[f"drop_{metric}_{bound}"]
+    return accuracies.assign(**intervals)
 
 
 def _save_examples(ctx: RunContext, settings: Settings, texture_set: dict) -> None:
@@ -147,7 +170,8 @@ def _save_examples(ctx: RunContext, settings: Settings, texture_set: dict) -> No
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Fig. 5: example manipulated images, and top-1 accuracy per model and manipulation."""
+    """Fig. 5: example manipulated images, and top-1 accuracy per model and manipulation (error bars:
+    the exact 95 % intervals)."""
     summary = read_csv(results_dir / "table.csv")
     examples = np.load(results_dir / "examples.npz")
     columns = ["clean"] + sorted((k for k in examples.files if k.startswith("tiles_")),
@@ -170,13 +194,15 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     fig, ax = new_figure(figsize=(1.0 + 1.1 * len(models), 3.2))
     width = 0.8 / (len(conditions) + 1)
     x = np.arange(len(models))
-    clean = summary.drop_duplicates("model").set_index("model").reindex(models)["clean_top1"]
-    ax.bar(x, clean, width, label="clean", color="#444444")
+    bars = {"capsize": 1.5, "error_kw": {"lw": 0.7}}
+    clean = summary.drop_duplicates("model").set_index("model").reindex(models)
+    ax.bar(x, clean["clean_top1"], width, label="clean", color="#444444", yerr=error_bars(clean, "clean_top1"), **bars)
     for i, condition in enumerate(conditions, start=1):
-        values = summary[summary["condition"] == condition].set_index("model").reindex(models)["manipulated_top1"]
-        ax.bar(x + i * width, values, width, label=condition)
+        rows = summary[summary["condition"] == condition].set_index("model").reindex(models)
+        ax.bar(x + i * width, rows["manipulated_top1"], width, label=condition,
+               yerr=error_bars(rows, "manipulated_top1"), **bars)
     ax.set_xticks(x + width * len(conditions) / 2, models, rotation=30, ha="right")
-    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylabel("top-1 accuracy (95 % interval)")
     note = summary.loc[summary["method"] == "texture", "note"].dropna()
     ax.set_title("Fig. 5: accuracy on scrambled and texturised images" + (f"\n({note.iloc[0]})" if len(note) and note.iloc[0] else ""),
                  fontsize=8)
@@ -193,8 +219,10 @@ def report_table(results_dir: Path):
              comparison(tiles, ["model", "grid"], "scrambled top-1 (report: 4x4 tiles)", "manipulated_top1",
                         "report_scrambled_top1")]
     if "paper_texture_top5_pct" in texture:
-        parts.append(comparison(texture.assign(ours_pct=texture["manipulated_top5"] * 100), ["model", "grid"],
-                                "texturised top-5 (%)", "ours_pct", "paper_texture_top5_pct"))
+        in_pct = {f"ours_pct{suffix}": texture[f"manipulated_top5{suffix}"] * 100 for suffix in ("", "_low", "_high")
+                  if f"manipulated_top5{suffix}" in texture}
+        parts.append(comparison(texture.assign(**in_pct), ["model", "grid"], "texturised top-5 (%)", "ours_pct",
+                                "paper_texture_top5_pct"))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -10,9 +10,21 @@ tie-breaking (binarised means tie often; a constant output scores k / K). Also t
 patch logits over samples and classes.
 
 Writes ``results/thresholding/accuracy.csv`` (mode, threshold, n_images, top1, top5; mode 'none' is
-the unmodified model), ``histogram.csv`` (bin_left, bin_right, count) and ``summary.csv`` (per mode, the best
-threshold and its gap to the unmodified model; the paper: 3-4 % top-5 for binarisation). The summary's
-and the figure's metric is the profile's ``accuracy_metric`` (top-5 as in the paper; top-1 on the demo).
+the unmodified model; then model, and ``top1_low``, ``top1_high``, ``top5_low``, ``top5_high``: exact
+95 % intervals in %), ``histogram.csv`` (bin_left, bin_right, count) and ``summary.csv`` (per mode, the best
+threshold and its gap to the unmodified model; the paper: 3-4 % top-5 for binarisation; then
+``best_low``, ``best_high``, ``unmodified_low``, ``unmodified_high``: exact 95 % intervals in %, and
+``gap_low``, ``gap_high`` in percentage points). The summary's and the figure's metric is the
+profile's ``accuracy_metric`` (top-5 as in the paper; top-1 on the demo).
+
+Intervals: accuracies are counts of correct images (expected hits under random tie-breaking, summed
+and rounded to whole images) out of n_images, so they get exact (Clopper-Pearson) intervals. The sweep
+keeps only these counts, not each image's answer, so the gap (unmodified - best, on the same images)
+gets no paired bootstrap; its interval is the conservative (Bonferroni) one that needs no pairing:
+with 97.5 % exact intervals [u_low, u_high] of the unmodified and [b_low, b_high] of the best
+accuracy, both hold at once with probability >= 95 %, and then the gap lies in
+[u_low - b_high, u_high - b_low]. The best threshold is taken as given (chosen on the same images,
+its accuracy is optimistic by the selection; the intervals do not widen for that).
 """
 
 from __future__ import annotations
@@ -26,9 +38,9 @@ import torch
 
 from bagrepro import paper
 from bagrepro.heatmaps import patch_logits
-from bagrepro.metrics import top_k_hits
+from bagrepro.metrics import exact_intervals, top_k_hits, with_accuracy_intervals
 from bagrepro.plan import Work
-from bagrepro.plotting import new_figure, save_figure
+from bagrepro.plotting import error_bars, new_figure, save_figure
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
 
@@ -92,7 +104,7 @@ def run(ctx: RunContext) -> None:
         edges = np.concatenate([[-np.inf], bins, [np.inf]])
         store.save("histogram", pd.DataFrame({"bin_left": edges[:-1], "bin_right": edges[1:], "count": histogram}))
         store.save("accuracy", pd.DataFrame(rows))
-    accuracy = store.load("accuracy").assign(model=name)
+    accuracy = with_accuracy_intervals(store.load("accuracy").assign(model=name))
     ctx.write_csv(accuracy, "accuracy.csv")
     ctx.write_csv(store.load("histogram").assign(model=name), "histogram.csv")
     ctx.write_csv(summarize(accuracy, metric), "summary.csv")
@@ -100,31 +112,47 @@ def run(ctx: RunContext) -> None:
 
 def summarize(accuracy: pd.DataFrame, metric: str = "top5") -> pd.DataFrame:
     """Per mode: the threshold with the best ``metric`` ('top1' or 'top5'), that accuracy, the
-    unmodified model's, and the gap (percentage points); the paper's gap is a top-5 one."""
-    plain = accuracy.loc[accuracy["mode"] == "none", metric].iloc[0]
-    rows = []
-    for mode in ("clip", "binarise"):
-        table = accuracy[accuracy["mode"] == mode]
-        best = table.loc[table[metric].idxmax()]
-        rows.append({"mode": mode, "metric": metric, "best_threshold": best["threshold"], "best": best[metric],
-                     "unmodified": plain, "gap": plain - best[metric],
-                     "paper_gap_top5": "-".join(map(str, paper.THRESHOLDING_BINARISE_GAP_TOP5))
-                     if mode == "binarise" else ""})
-    return pd.DataFrame(rows)
+    unmodified model's, and the gap (percentage points); the paper's gap is a top-5 one. Then the
+    95 % intervals: exact for the best and the unmodified accuracy (%), conservative for the gap
+    (percentage points; see the module docstring). ``accuracy``: rows of accuracy.csv (metric in %,
+    n_images)."""
+    modes = ["clip", "binarise"]
+    plain = accuracy[accuracy["mode"] == "none"].iloc[[0] * len(modes)]
+    best = pd.concat([accuracy.loc[[accuracy.loc[accuracy["mode"] == mode, metric].idxmax()]] for mode in modes])
+    paper_gap = "-".join(map(str, paper.THRESHOLDING_BINARISE_GAP_TOP5))
+    summary = pd.DataFrame({"mode": modes, "metric": metric, "best_threshold": best["threshold"].to_numpy(),
+                            "best": best[metric].to_numpy(), "unmodified": plain[metric].to_numpy(),
+                            "gap": plain[metric].to_numpy() - best[metric].to_numpy(),
+                            "paper_gap_top5": [paper_gap if mode == "binarise" else "" for mode in modes]})
+    counts = {name: (rows[metric].to_numpy() / 100 * rows["n_images"].to_numpy(), rows["n_images"].to_numpy())
+              for name, rows in (("best", best), ("unmodified", plain))}  # correct images, images
+    intervals = {}
+    for name, (hits, images) in counts.items():
+        intervals[f"{name}_low"], intervals[f"{name}_high"] = exact_intervals(hits, images)
+    # both accuracies inside their 97.5 % intervals at once: probability >= 95 %, whatever their pairing
+    (best_low, best_high), (plain_low, plain_high) = (exact_intervals(hits, images, level=0.975)
+                                                      for hits, images in counts.values())
+    intervals["gap_low"], intervals["gap_high"] = plain_low - best_high, plain_high - best_low
+    return summary.assign(**intervals)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Fig. A.4: accuracy (the summary's metric) against the threshold (clip, binarise, unmodified)
-    and the logit histogram."""
+    """Fig. A.4: accuracy (the summary's metric) against the threshold (clip, binarise, unmodified;
+    shaded: the exact 95 % intervals) and the logit histogram."""
     accuracy = read_csv(results_dir / "accuracy.csv")
     metric = read_csv(results_dir / "summary.csv")["metric"].iloc[0]
     histogram = read_csv(results_dir / "histogram.csv")
     fig, (left, right) = new_figure(1, 2, figsize=(8, 3))
     for mode in ("clip", "binarise"):
         rows = accuracy[accuracy["mode"] == mode]
-        left.plot(rows["threshold"], rows[metric], label=mode)
-    left.axhline(accuracy.loc[accuracy["mode"] == "none", metric].iloc[0], color="k", ls="--", lw=0.8,
-                 label="unmodified")
+        line, = left.plot(rows["threshold"], rows[metric], label=mode)
+        if error_bars(rows, metric) is not None:
+            left.fill_between(rows["threshold"], rows[f"{metric}_low"], rows[f"{metric}_high"], color=line.get_color(),
+                              alpha=0.2, lw=0)
+    plain = accuracy[accuracy["mode"] == "none"]
+    left.axhline(plain[metric].iloc[0], color="k", ls="--", lw=0.8, label="unmodified (shaded: 95 % intervals)")
+    if error_bars(plain, metric) is not None:
+        left.axhspan(plain[f"{metric}_low"].iloc[0], plain[f"{metric}_high"].iloc[0], color="k", alpha=0.08, lw=0)
     left.set_xlabel("threshold on patch logits")
     left.set_ylabel(f"{metric.replace('top', 'top-')} accuracy (%)")
     left.legend()
@@ -143,6 +171,8 @@ def report_table(results_dir: Path):
     metric = summary["metric"].iloc[0].replace("top", "top-")
     table["metric"] = f"{metric} gap of the best threshold (%)" + ("" if metric == "top-5" else ", paper: top-5")
     table["ours"] = summary["gap"]
+    table["ours_low"] = summary.get("gap_low", float("nan"))  # conservative 95 % interval (module docstring)
+    table["ours_high"] = summary.get("gap_high", float("nan"))
     table["paper"] = summary["paper_gap_top5"].fillna("")
     table["difference"] = float("nan")  # the paper gives a range (3-4 %), not a number
     return table

@@ -45,7 +45,7 @@ def test_constant_patch_logits_give_identical_accuracy_below_them():
 def test_threshold_summary_picks_the_best_threshold_in_the_chosen_metric():
     accuracy = pd.DataFrame({
         "mode": ["clip", "clip", "binarise", "binarise", "none"],
-        "threshold": [-1.0, 1.0, -1.0, 1.0, np.nan],
+        "threshold": [-1.0, 1.0, -1.0, 1.0, np.nan], "n_images": 100,
         "top1": [60.0, 70.0, 50.0, 40.0, 80.0],
         "top5": [99.0, 90.0, 95.0, 97.0, 100.0]})
     for metric, best_clip, best_binarise in (("top1", 1.0, -1.0), ("top5", -1.0, 1.0)):

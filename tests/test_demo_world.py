@@ -275,9 +275,10 @@ def test_demo_zoo_entries_name_a_known_family_and_a_role():
 # The cache keys of the demo world and the demo zoo as every release so far has written them: a change
 # here orphans every user's cache (minutes of retraining), so it must be deliberate (bump
 # GENERATOR_VERSION or TRAINING_VERSION, or change a recipe, and update these).
-PINNED_WORLD = "9bf5c18b866e"
-PINNED_MODELS = {"demo_bagnet9": "89df10e66ddb", "demo_bagnet17": "a079d7286352", "demo_bagnet33": "f0c7eb5b7a8e",
-                 "demo_vgg16": "0234239cec39", "demo_resnet50": "f3e436949337", "demo_densenet169": "9174d800c341"}
+# (Changed deliberately once: the 121 px world of issue 11, whose BagNet-33 is blind to arrangements.)
+PINNED_WORLD = "a0558ed4f4c0"
+PINNED_MODELS = {"demo_bagnet9": "145e98e6fc38", "demo_bagnet17": "1c0e523f1e3c", "demo_bagnet33": "f3c9a12c20a4",
+                 "demo_vgg16": "347387159251", "demo_resnet50": "66a0f40f1103", "demo_densenet169": "39d88d5c17a2"}
 
 
 def test_cache_keys_are_pinned(tmp_path, monkeypatch):
@@ -288,3 +289,58 @@ def test_cache_keys_are_pinned(tmp_path, monkeypatch):
     assert store.world_path(store.DEMO_WORLD) == tmp_path / f"world-{PINNED_WORLD}" / "world.npz"
     assert {name: training.model_key(name, world, training.default_recipe(name)) for name in DEMO_ZOO} == PINNED_MODELS
     assert training.model_path("demo_bagnet9", world) == tmp_path / "demo-zoo" / f"demo_bagnet9-{PINNED_MODELS['demo_bagnet9']}.pt"
+
+
+def test_shipped_zoo_matches_the_code():
+    """The weights shipped in the repository are those the code's recipes, world and architectures
+    name: one file per demo model under its current key, its SHA-256 as recorded, the record's recipe,
+    world and architecture the code's; nothing stale beside them. Fails after a change of a recipe, the
+    world or an architecture until ``python bench/demo_zoo.py --retrain --ship`` is run."""
+    from dataclasses import asdict
+
+    from bagrepro.cache import file_sha256
+    from bagrepro.demo import training
+
+    expected = set()
+    for name, entry in DEMO_ZOO.items():
+        path = training.shipped_path(name)
+        assert path.is_file(), f"{name}: no shipped weights for key {path.stem} (run bench/demo_zoo.py --retrain --ship)"
+        record = training.read_record(path)
+        assert record is not None and record["sha256"] == file_sha256(path)
+        assert record["recipe"] == asdict(entry.recipe) and record["architecture"] == entry.architecture
+        assert record["world"] == asdict(store.DEMO_WORLD) and record["world_fingerprint"] == store.DEMO_WORLD.fingerprint
+        expected |= {path.name, path.with_suffix(".json").name}
+    assert {p.name for p in training.SHIPPED_DIR.iterdir()} == expected  # no stale weights shipped
+
+
+def test_shipped_weights_are_used_before_training_and_checked(tmp_path, monkeypatch, capsys):
+    """An empty cache trains nothing when the shipped weights fit; a damaged shipped file is said in
+    one line and trained again; --retrain (force) trains whatever is shipped."""
+    from bagrepro.demo import training
+
+    monkeypatch.setenv("BAGREPRO_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "trained"
+    monkeypatch.setattr(training, "SHIPPED_DIR", shipped)
+    tiny = store.make_world(TINY)
+    recipe = training.TrainRecipe(epochs=1, bn_recalibration_images=8)
+    trained = training.get_trained("demo_bagnet9", tiny, recipe, progress=False)  # trains into the cache
+    cached = training.model_path("demo_bagnet9", tiny, recipe)
+    shipped.mkdir()
+    for source in (cached, cached.with_suffix(".json")):
+        (shipped / source.name).write_bytes(source.read_bytes())
+    cached.unlink()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained although shipped weights fit")
+
+    monkeypatch.setattr(training, "train_model", must_not_train)
+    loaded = training.get_trained("demo_bagnet9", tiny, recipe, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values()))
+    assert not cached.exists()  # read where it lies, not copied
+    with pytest.raises(AssertionError, match="shipped weights fit"):
+        training.get_trained("demo_bagnet9", tiny, recipe, progress=False, force=True)
+    damaged = shipped / cached.name
+    damaged.write_bytes(damaged.read_bytes()[:-10] + bytes(10))
+    with pytest.raises(AssertionError, match="shipped weights fit"):
+        training.get_trained("demo_bagnet9", tiny, recipe, progress=False)
+    assert "the shipped trained model" in capsys.readouterr().err

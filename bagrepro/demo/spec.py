@@ -27,7 +27,7 @@ GENERATOR_VERSION = 2
 
 #: the demo zoo's inputs: ``(x - mean) / std`` per channel of RGB in [0, 1], with the mean / std of
 #: the default world's training images; the images are used at their own size (no resize, no crop)
-DEMO_PREPROCESS = Preprocess(resize=None, crop=None, mean=(0.498, 0.487, 0.480), std=(0.175, 0.170, 0.172))
+DEMO_PREPROCESS = Preprocess(resize=None, crop=None, mean=(0.490, 0.487, 0.485), std=(0.155, 0.155, 0.156))
 
 SPLITS = ("train", "val", "test")
 GROUPS = ("local", "arrangement")
@@ -93,18 +93,18 @@ class WorldConfig:
     """
 
     seed: int = 0
-    image_size: int = 73
+    image_size: int = 121
     train_per_class: int = 250
     val_per_class: int = 25
     test_per_class: int = 75
     textures: int = 6
     lattices: int = 3
     arrangements: int = 3
-    guard: int = 17
+    guard: int = 33
     part_size: int = 8
     lattice_dot: int = 4
-    distractor_shapes: int = 7
-    distractor_dots: int = 4
+    distractor_shapes: int = 19
+    distractor_dots: int = 11
 
     def __post_init__(self):
         if not 2 * self.guard + 16 <= self.image_size <= 128 or (self.image_size - 1) % BAGNET_STRIDE:

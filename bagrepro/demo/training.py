@@ -5,18 +5,24 @@
 - :func:`train_model`: trains one demo model on ``world.train`` with :func:`bagrepro.training.fit`
   (deterministic on the CPU for a given seed; BatchNorm statistics re-estimated after the last step).
   Inputs are normalised with :data:`~bagrepro.demo.spec.DEMO_PREPROCESS`.
-- :func:`get_trained`: the trained model from ``cache_dir()/demo-zoo/<name>-<hash>.pt`` (a plain
-  state_dict; a ``.json`` beside it records training time and accuracies), training it first when
-  missing or when ``force`` (:func:`bagrepro.training.train_cached`: checksummed, resumable per
-  epoch). The hash (:func:`model_key`) covers the recipe, the world (config and generator version),
-  the model's name and architecture, and the input normalisation. :func:`trained_weights` is the
-  registry's weights loader for the demo zoo.
+- :func:`get_trained`: the trained model, from the weights shipped in the repository
+  (:data:`SHIPPED_DIR`), else from ``cache_dir()/demo-zoo/<name>-<hash>.pt``, else trained now and
+  cached; ``force`` (``run_all.py --retrain``) trains it again whatever is shipped or cached
+  (:func:`bagrepro.training.train_cached`: checksummed, resumable per epoch). Weights are plain
+  state_dicts with a ``.json`` record beside them (recipe, world, architecture, training time,
+  validation accuracies, SHA-256, checked on every load). The hash (:func:`model_key`) covers the
+  recipe, the world (config and generator version), the model's name and architecture, and the input
+  normalisation, so weights trained for another recipe or world are never used.
+  :func:`ship` copies the cached weights of the current keys into :data:`SHIPPED_DIR` (what
+  ``bench/demo_zoo.py --ship`` does after a retraining). :func:`trained_weights` is the registry's
+  weights loader for the demo zoo.
 - :func:`group_accuracies`: accuracy overall and per class group.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -27,14 +33,29 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..cache import cache_dir, config_hash
+from ..errors import ConfigError
 from ..recipe import TrainRecipe
-from ..training import TrainingImages, evaluate, fit, predict, read_record, recalibrate_batchnorm, train_cached
-from .spec import DEMO_PREPROCESS
-from .store import DemoWorld, demo_world
-from .zoo import demo_model
+from ..training import (
+    TrainingImages,
+    evaluate,
+    fit,
+    load_cached,
+    predict,
+    read_record,
+    recalibrate_batchnorm,
+    train_cached,
+)
+from .spec import DEMO_PREPROCESS, WorldConfig
+from .store import DEMO_WORLD, DemoWorld, demo_world
+from .zoo import DEMO_ZOO, demo_model
 
 #: bump when training code changes what it produces: it is part of the cache key
 TRAINING_VERSION = 1
+
+#: the demo zoo trained on :data:`~bagrepro.demo.store.DEMO_WORLD` by each entry's recipe, shipped
+#: with the code (``<name>-<key>.pt`` + ``.json``, as in the cache) so that a first run trains
+#: nothing; made by ``python bench/demo_zoo.py --retrain --ship``
+SHIPPED_DIR = Path(__file__).resolve().parent / "trained"
 
 
 def default_recipe(name: str) -> TrainRecipe:
@@ -89,19 +110,44 @@ def group_accuracies(model: nn.Module, world: DemoWorld, split: str = "test",
 _LATER_FIELDS = {"random_crop": False, "image_size": None}
 
 
-def model_key(name: str, world: DemoWorld, recipe: TrainRecipe) -> str:
-    """Hash of everything that determines a trained demo model."""
+def model_key(name: str, world: DemoWorld | WorldConfig, recipe: TrainRecipe) -> str:
+    """Hash of everything that determines a trained demo model (the world's config is enough)."""
+    config = world.config if isinstance(world, DemoWorld) else world
     recipe_fields = {key: value for key, value in asdict(recipe).items()
                      if not (key in _LATER_FIELDS and value == _LATER_FIELDS[key])}
-    return config_hash(recipe_fields, world.config, world.config.fingerprint, name, demo_model(name).architecture,
-                       {"num_classes": world.num_classes, "training_version": TRAINING_VERSION,
+    return config_hash(recipe_fields, config, config.fingerprint, name, demo_model(name).architecture,
+                       {"num_classes": config.num_classes, "training_version": TRAINING_VERSION,
                         "input_mean": DEMO_PREPROCESS.mean, "input_std": DEMO_PREPROCESS.std})
 
 
-def model_path(name: str, world: DemoWorld, recipe: TrainRecipe | None = None) -> Path:
+def model_path(name: str, world: DemoWorld | WorldConfig, recipe: TrainRecipe | None = None) -> Path:
     """Cache file of the trained model: ``cache_dir()/demo-zoo/<name>-<hash>.pt``."""
     recipe = recipe or default_recipe(name)
     return cache_dir() / "demo-zoo" / f"{name}-{model_key(name, world, recipe)}.pt"
+
+
+def shipped_path(name: str, world: DemoWorld | WorldConfig = DEMO_WORLD, recipe: TrainRecipe | None = None) -> Path:
+    """Where the shipped weights of ``name`` for this world and recipe would lie (whether or not they do)."""
+    return SHIPPED_DIR / model_path(name, world, recipe).name
+
+
+def ship(names=None) -> list[Path]:
+    """Copy the cached weights (and records) of ``names`` (default: the whole demo zoo) trained on
+    :data:`DEMO_WORLD` by their default recipes into :data:`SHIPPED_DIR`, removing shipped files of
+    those models with other keys; returns the files written. A model not in the cache is a ConfigError."""
+    written = []
+    for name in names or list(DEMO_ZOO):
+        cached = model_path(name, DEMO_WORLD)
+        if not cached.exists() or not cached.with_suffix(".json").exists():
+            raise ConfigError(f"{name}: no trained weights in the cache ({cached}): train them first")
+        SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+        for stale in SHIPPED_DIR.glob(f"{name}-*"):
+            if stale.stem != cached.stem:
+                stale.unlink()
+        for source in (cached, cached.with_suffix(".json")):
+            shutil.copyfile(source, SHIPPED_DIR / source.name)
+            written.append(SHIPPED_DIR / source.name)
+    return written
 
 
 def read_training_record(name: str, world: DemoWorld, recipe: TrainRecipe | None = None) -> dict | None:
@@ -116,6 +162,11 @@ def get_trained(name: str, world: DemoWorld, recipe: TrainRecipe | None = None, 
     freshly built model of ``name`` to load the weights into (returned), instead of a new one."""
     entry = demo_model(name)
     recipe = recipe or entry.recipe
+    shipped = shipped_path(name, world, recipe)
+    if not force and not model_path(name, world, recipe).exists() and shipped.exists():
+        model = load_cached(shipped, entry.build(world.num_classes) if into is None else into, what="shipped")
+        if model is not None:
+            return model
 
     def train(checkpoint: Path):
         start = time.perf_counter()
@@ -144,10 +195,12 @@ def trained_weights(model: nn.Module, spec, weights_dir, progress: bool, force: 
     weights of ``spec.name`` trained on the demo profile's world (:func:`get_trained`: from the cache,
     or trained now) into ``model``; returns their provenance. ``weights_dir`` is not used."""
     world = demo_world()
-    get_trained(spec.name, world, force=force, progress=progress, into=model)  # the cached file goes straight in
-    return f"trained by bagrepro.demo.training on demo world {world.config.fingerprint}: {model_path(spec.name, world)}"
+    get_trained(spec.name, world, force=force, progress=progress, into=model)  # the file goes straight in
+    path = model_path(spec.name, world)
+    where = path if path.exists() else shipped_path(spec.name, world)
+    return f"trained by bagrepro.demo.training on demo world {world.config.fingerprint}: {where}"
 
 
 __all__ = ["TRAINING_VERSION", "TrainRecipe", "default_recipe", "evaluate", "get_trained", "group_accuracies",
-           "model_key", "model_path", "predict", "read_training_record", "recalibrate_batchnorm", "train_model",
+           "model_key", "model_path", "predict", "ship", "shipped_path", "SHIPPED_DIR", "read_training_record", "recalibrate_batchnorm", "train_model",
            "trained_weights", "training_images"]

@@ -1,0 +1,268 @@
+"""The paper's qualitative findings, checked on a run's CSVs: the first section of the report.
+
+Each finding is a :class:`Contrast`: what the paper found (its numbers from :mod:`bagrepro.paper`),
+what this run found (computed from the CSVs under ``results/``, every number with its 95 % interval
+from :mod:`bagrepro.metrics`), and a verdict:
+
+- ``agrees``: the sample resolves the effect in the paper's direction;
+- ``not resolved``: the interval holds "no effect" (more images would be needed to tell);
+- ``disagrees``: the sample resolves the opposite;
+- ``not run``: the experiment (or a model it needs) is missing from the results;
+- ``not measurable here``: the profile's data cannot show it (e.g. no arrangement classes).
+
+Nothing here is typed in: change a CSV and the verdict follows (``tests/test_contrasts.py``).
+The findings, in the paper's order: accuracy rises with q (Fig. 1B); BagNets are blind to non-local
+structure (demo world's arrangement classes); eq. 1 holds exactly beyond q (Fig. 6); logit
+correlation with VGG-16 rises with q (Fig. 1C); scrambling hurts deep models more than BagNet-33
+(Fig. 5 / reproducibility report); BagNet heatmaps beat white-box attributions in masking (Table 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import paper
+from .metrics import mean_interval, proportion_interval, resolution
+
+AGREES, NOT_RESOLVED, DISAGREES, NOT_RUN, NOT_MEASURABLE = (
+    "agrees", "not resolved", "disagrees", "not run", "not measurable here")
+#: Pearson r at least this close to 1 counts as "exact up to float rounding" for eq. 1
+EXACT_R = 0.999
+DEEP_ROLES = ("vgg16", "resnet50", "densenet169")
+SCRAMBLE_GRID = 4  # the reproducibility report's 4 x 4 tiles
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One finding: ``finding`` (the paper's claim), ``paper`` (its numbers), ``ours`` (this run's,
+    with 95 % intervals), ``verdict`` (see the module docstring), ``source`` (the CSV it comes from)."""
+
+    finding: str
+    paper: str
+    ours: str
+    verdict: str
+    source: str
+
+
+def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    if np.isnan(low):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _verdict_of(direction: str, expected: str) -> str:
+    """From :func:`~bagrepro.metrics.resolution` ('above' / 'below' / 'not resolved') and the
+    paper's direction to a verdict."""
+    if direction == "":
+        return NOT_RESOLVED
+    return NOT_RESOLVED if direction == "not resolved" else AGREES if direction == expected else DISAGREES
+
+
+def _combine(verdicts: list[str]) -> str:
+    """One verdict for several comparisons: disagrees if any does, agrees if all do, else not resolved."""
+    if not verdicts:
+        return NOT_RUN
+    return DISAGREES if DISAGREES in verdicts else AGREES if all(v == AGREES for v in verdicts) else NOT_RESOLVED
+
+
+def _read(results: Path, experiment: str, name: str) -> pd.DataFrame | None:
+    path = results / experiment / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def _by_role(frame: pd.DataFrame) -> dict[str, str]:
+    """role -> model name (the first model of each role)."""
+    return {role: model for model, role in frame[["model", "role"]].drop_duplicates("role").itertuples(index=False)
+            if isinstance(role, str)}
+
+
+def _paired(frame: pd.DataFrame, value: str, model_a: str, model_b: str) -> np.ndarray:
+    """Per-image ``value`` of model_a minus model_b, on the images both have: [N]."""
+    wide = frame[frame["model"].isin([model_a, model_b])].pivot_table(index="image_id", columns="model",
+                                                                      values=value, aggfunc="mean")
+    wide = wide.dropna()
+    return (wide[model_a] - wide[model_b]).to_numpy(np.float64) if len(wide.columns) == 2 else np.zeros(0)
+
+
+def accuracy_rises_with_q(results: Path) -> Contrast:
+    """Accuracy rises with q (Fig. 1B)."""
+    source = "results/accuracy/predictions.csv"
+    predictions = _read(results, "accuracy", "predictions.csv")
+    finding = "Accuracy rises with the patch size q (BagNet-9 < BagNet-17 < BagNet-33)"
+    refs = [paper.reference_accuracy(r) for r in ("bagnet9", "bagnet17", "bagnet33")]
+    paper_text = "top-1 " + " / ".join(f"{ref[0]:.1f}" for ref in refs) + " %"
+    roles = _by_role(predictions) if predictions is not None else {}
+    if not all(r in roles for r in ("bagnet9", "bagnet17", "bagnet33")):
+        return Contrast(finding, paper_text, "", NOT_RUN, source)
+    parts, verdicts = [], []
+    for role in ("bagnet9", "bagnet17", "bagnet33"):
+        rows = predictions[predictions["model"] == roles[role]]["correct_top1"]
+        correct, total = int(round(rows.sum())), len(rows)
+        low, high = proportion_interval(correct, total)
+        parts.append(f"{role}: {_interval(100 * correct / total, 100 * low, 100 * high, 1)} %")
+    for small, large in (("bagnet9", "bagnet17"), ("bagnet17", "bagnet33")):
+        gain = _paired(predictions, "correct_top1", roles[large], roles[small])
+        low, high = mean_interval(gain)
+        verdicts.append(_verdict_of(resolution(low, high), "above"))
+        parts.append(f"{large} - {small}: {_interval(100 * gain.mean(), 100 * low, 100 * high, 1)} points")
+    return Contrast(finding, paper_text, "; ".join(parts) + f" (top-1, n={total})", _combine(verdicts), source)
+
+
+def blind_to_arrangements(results: Path) -> Contrast:
+    """BagNet-33 at chance on the arrangement classes (demo world)."""
+    source = "results/accuracy/per_group.csv"
+    finding = "BagNets cannot use non-local structure: BagNet-33 at chance on classes that differ only in arrangement"
+    paper_text = "shown on ImageNet by scrambling (below); the demo world tests it directly"
+    groups = _read(results, "accuracy", "per_group.csv")
+    if groups is None:
+        predictions = _read(results, "accuracy", "predictions.csv")
+        return Contrast(finding, paper_text, "no arrangement classes in this profile's data", NOT_RUN
+                        if predictions is None else NOT_MEASURABLE, source)
+    arrangement = groups[groups["group"] == "arrangement"]
+    roles = _by_role(arrangement)
+    if "bagnet33" not in roles:
+        return Contrast(finding, paper_text, "", NOT_RUN, source)
+
+    def accuracy(model):
+        row = arrangement[arrangement["model"] == model].iloc[0]
+        correct, total = int(round(row["top1"] / 100 * row["n_images"])), int(row["n_images"])
+        low, high = proportion_interval(correct, total)
+        return row["top1"], 100 * low, 100 * high, row["chance_top1"]
+
+    value, low, high, chance = accuracy(roles["bagnet33"])
+    parts = [f"chance {chance:.1f} %", f"bagnet33: {_interval(value, low, high, 1)} %"]
+    verdicts = [AGREES if low <= chance <= high else DISAGREES]
+    for role in DEEP_ROLES:
+        if role in roles:
+            deep, deep_low, deep_high, _ = accuracy(roles[role])
+            parts.append(f"{role}: {_interval(deep, deep_low, deep_high, 1)} %")
+            verdicts.append(AGREES if deep_low > high else NOT_RESOLVED)  # the deep model resolves them
+    return Contrast(finding, paper_text, "; ".join(parts) + " (top-1 on the arrangement classes)",
+                    _combine(verdicts), source)
+
+
+def exact_beyond_q(results: Path) -> Contrast:
+    """Eq. 1 exact beyond q (Fig. 6)."""
+    source = "results/interactions/correlation.csv"
+    finding = f"Eq. 1 holds exactly for a BagNet when the masks are more than q px apart (Pearson r of LHS and RHS >= {EXACT_R})"
+    paper_text = "exact by construction; VGG-16 shows few interactions beyond about 30 px"
+    table = _read(results, "interactions", "correlation.csv")
+    terms = _read(results, "interactions", "terms.csv")
+    if table is None or terms is None:
+        return Contrast(finding, paper_text, "", NOT_RUN, source)
+    fields = terms.drop_duplicates("model").set_index("model")["receptive_field"]
+    parts, verdicts = [], []
+    for row in table.itertuples(index=False):
+        q = fields.get(row.model)
+        if pd.isna(q) or row.min_distance <= q or pd.isna(row.pearson_r):
+            continue
+        low = getattr(row, "pearson_r_low", np.nan)
+        high = getattr(row, "pearson_r_high", np.nan)
+        verdicts.append(AGREES if (low if not np.isnan(low) else row.pearson_r) >= EXACT_R else DISAGREES)
+        parts.append(f"{row.role} at {row.min_distance} px: r = {_interval(row.pearson_r, low, high, 4)}")
+    if not verdicts:
+        return Contrast(finding, paper_text, "no BagNet with masks more than q px apart", NOT_RUN, source)
+    return Contrast(finding, paper_text, "; ".join(parts), _combine(verdicts), source)
+
+
+def logit_correlation_rises(results: Path) -> Contrast:
+    """Logit correlation with VGG-16 rises with q (Fig. 1C)."""
+    source = "results/logit_correlation/summary.csv"
+    finding = "The correlation of BagNet logits with VGG-16's rises with q"
+    paper_text = "Pearson r " + " / ".join(f"{paper.LOGIT_CORRELATION_WITH_VGG16[r]:.2f}"
+                                          for r in ("bagnet9", "bagnet17", "bagnet33"))
+    summary = _read(results, "logit_correlation", "summary.csv")
+    if summary is None or not {"bagnet9", "bagnet33"} <= set(summary["role"]):
+        return Contrast(finding, paper_text, "", NOT_RUN, source)
+    rows = summary.set_index("role")
+    parts = [f"{role}: {_interval(rows.at[role, 'pooled_r'], rows.at[role, 'pooled_r_low'], rows.at[role, 'pooled_r_high'])}"
+             for role in ("bagnet9", "bagnet17", "bagnet33") if role in rows.index]
+    # separate 95 % intervals: resolved when they do not overlap (conservative for a difference)
+    small, large = rows.loc["bagnet9"], rows.loc["bagnet33"]
+    if large["pooled_r_low"] > small["pooled_r_high"]:
+        verdict = AGREES
+    elif large["pooled_r_high"] < small["pooled_r_low"]:
+        verdict = DISAGREES
+    else:
+        verdict = NOT_RESOLVED
+    return Contrast(finding, paper_text, "; ".join(parts) + " (pooled r; resolved when the 9 and 33 intervals do "
+                    "not overlap)", verdict, source)
+
+
+def scrambling_hurts_deep_models_more(results: Path) -> Contrast:
+    """Scrambling hurts deep models more than BagNet-33 (Fig. 5)."""
+    source = "results/scrambling/predictions.csv"
+    finding = f"Scrambling {SCRAMBLE_GRID}x{SCRAMBLE_GRID} tiles hurts deep networks more than BagNet-33"
+    report = paper.SCRAMBLED_4X4_REPORT
+    paper_text = "; ".join(f"{role} {report[role][0]:.3f} -> {report[role][1]:.2f}"
+                           for role in ("bagnet33", "resnet50", "densenet169"))
+    predictions = _read(results, "scrambling", "predictions.csv")
+    if predictions is None:
+        return Contrast(finding, paper_text, "", NOT_RUN, source)
+    clean = predictions[predictions["method"] == "clean"].set_index(["model", "image_id"])["correct_top1"]
+    scrambled = predictions[(predictions["method"] == "tiles") & (predictions["grid"] == SCRAMBLE_GRID)]
+    scrambled = scrambled.set_index(["model", "image_id"])["correct_top1"]
+    drops = (clean.reindex(scrambled.index) - scrambled).rename("drop").reset_index()
+    roles = _by_role(predictions)
+    drops["role"] = drops["model"].map({model: role for role, model in roles.items()})
+    if "bagnet33" not in roles or drops.empty:
+        return Contrast(finding, paper_text, "", NOT_RUN, source)
+    parts, verdicts = [], []
+    for role in ("bagnet33", *DEEP_ROLES):
+        if role not in roles:
+            continue
+        own = drops.loc[drops["model"] == roles[role], "drop"].to_numpy(np.float64)
+        low, high = mean_interval(own)
+        parts.append(f"{role} drop {_interval(own.mean(), low, high)}")
+        if role != "bagnet33":
+            more = _paired(drops, "drop", roles[role], roles["bagnet33"])
+            low, high = mean_interval(more)
+            verdicts.append(_verdict_of(resolution(low, high), "above"))
+            parts.append(f"{role} - bagnet33: {_interval(more.mean(), low, high)}")
+    return Contrast(finding, paper_text, "; ".join(parts) + " (top-1 drop, clean - scrambled)", _combine(verdicts),
+                    source)
+
+
+def bagnet_heatmaps_beat_white_box(results: Path) -> Contrast:
+    """BagNet heatmaps beat white-box attributions in masking (Table 1)."""
+    source = "results/masking/comparisons.csv"
+    finding = "Masking in the order of a BagNet heatmap lowers the tested model's p(leading class) more than white-box attributions (Table 1)"
+    paper_text = ("e.g. VGG-16: best BagNet (BN-17) " f"{paper.table1_value('vgg16', 'bagnet17'):.3f}"
+                  f" vs best white-box (DeepLIFT) {paper.table1_value('vgg16', 'deeplift'):.3f}")
+    table = _read(results, "masking", "comparisons.csv")
+    if table is None or table.empty:
+        return Contrast(finding, paper_text, "", NOT_RUN, source)
+    parts, verdicts = [], []
+    for (model, role), rows in table.groupby(["model", "role"], sort=False, dropna=False):
+        best_bagnet = rows.loc[rows["bagnet_p"].idxmin(), "bagnet_method"]
+        best_white = rows.loc[rows["white_box_p"].idxmin(), "white_box_method"]
+        row = rows[(rows["bagnet_method"] == best_bagnet) & (rows["white_box_method"] == best_white)].iloc[0]
+        verdicts.append(_verdict_of(resolution(row["bagnet_minus_white_box_low"], row["bagnet_minus_white_box_high"]),
+                                    "below"))
+        parts.append(f"{role if isinstance(role, str) else model}: {best_bagnet} - {best_white} = "
+                     f"{_interval(row['bagnet_minus_white_box'], row['bagnet_minus_white_box_low'], row['bagnet_minus_white_box_high'])}"
+                     f" (n={int(row['n_images'])}, k={int(row['k'])})")
+    return Contrast(finding, paper_text, "; ".join(parts) + " (best BagNet heatmap minus best white-box method; "
+                    "< 0: the BagNet heatmap is better)", _combine(verdicts), source)
+
+
+#: the findings, in the order the report lists them
+FINDINGS = (accuracy_rises_with_q, blind_to_arrangements, exact_beyond_q, logit_correlation_rises,
+            scrambling_hurts_deep_models_more, bagnet_heatmaps_beat_white_box)
+
+
+def contrasts(out: Path) -> list[Contrast]:
+    """Every finding of :data:`FINDINGS` on the CSVs under ``<out>/results``."""
+    results = Path(out) / "results"
+    found = []
+    for finding in FINDINGS:
+        try:
+            found.append(finding(results))
+        except (KeyError, IndexError) as error:  # a CSV of an older run, without the columns used here
+            title = (finding.__doc__ or finding.__name__).strip()
+            found.append(Contrast(title, "", f"the CSVs lack {error}: run the experiment again", NOT_RUN, ""))
+    return found
