@@ -9,7 +9,7 @@ engine on the model as built, to show what batching alone gives. All give the pr
 leading class after k = 0..steps masked 8x8 patches (DC fill); the curves must be identical
 (max |diff| <= 1e-5) and ours at least 5x faster over all models together (total baseline time /
 total time of ours). Default models: the smoke ResNet-50 stand-in at 64 px and the demo profile's
-tested models at the demo world's 73 px, random weights with calibrated BatchNorm.
+tested models at the demo world's 121 px, random weights with calibrated BatchNorm.
 
 Where the target is missed (README, "Exact BagNet heatmaps", has the figures): the engine saves
 per-call overhead, not arithmetic; every (image, step) still needs its own full forward pass. On two
@@ -41,7 +41,7 @@ from bagrepro.models.fast import fuse_for_inference  # noqa: E402
 
 TARGET = 5.0
 #: model -> input size (px): the smoke stand-in, and the demo profile's tested models at the demo world's size
-MODELS = {"smoke_resnet50": 64, "demo_vgg16": 73, "demo_resnet50": 73, "demo_densenet169": 73}
+MODELS = {"smoke_resnet50": 64, "demo_vgg16": 121, "demo_resnet50": 121, "demo_densenet169": 121}
 
 
 @torch.inference_mode()

@@ -172,8 +172,12 @@ def test_config_validation():
 def test_world_cache_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("BAGREPRO_CACHE", str(tmp_path))
     world = make_world(TINY)
-    path = store.world_path(TINY)
-    assert path.exists() and path.parent.name == f"world-{TINY.fingerprint}"
+    assert not store.world_path(TINY).parent.exists()  # nothing generated before a split is used
+    assert len(world.test) and store.world_path(TINY, "test").exists() and not store.world_path(TINY, "train").exists()
+    for split in SPLITS:
+        world.split(split)
+        path = store.world_path(TINY, split)
+        assert path.exists() and path.parent.name == f"world-{TINY.fingerprint}"
     loaded = make_world(TINY)
     for split in SPLITS:
         for field in ("images", "labels", "masks", "ids"):
@@ -286,7 +290,7 @@ def test_cache_keys_are_pinned(tmp_path, monkeypatch):
 
     monkeypatch.setenv("BAGREPRO_CACHE", str(tmp_path))
     world = store.DemoWorld(store.DEMO_WORLD, {})  # the keys need the config only
-    assert store.world_path(store.DEMO_WORLD) == tmp_path / f"world-{PINNED_WORLD}" / "world.npz"
+    assert store.world_path(store.DEMO_WORLD) == tmp_path / f"world-{PINNED_WORLD}" / "test.npz"
     assert {name: training.model_key(name, world, training.default_recipe(name)) for name in DEMO_ZOO} == PINNED_MODELS
     assert training.model_path("demo_bagnet9", world) == tmp_path / "demo-zoo" / f"demo_bagnet9-{PINNED_MODELS['demo_bagnet9']}.pt"
 

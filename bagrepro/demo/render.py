@@ -18,7 +18,9 @@ single dots) with the evidence of its class painted on top. Three kinds of class
   of a BagNet-q with q <= guard holds pixels of both) and at least ``guard`` px between each part and
   every border (every window that could see a part exists, so a window's view never tells where the
   part is). Only a model that relates the two parts can tell the classes apart: with the defaults
-  (guard 17, parts of 8 px 24 px apart) BagNet-9 and BagNet-17 cannot, a 33 px window can hold both.
+  (121 px images, guard 33, parts of 8 px on a lattice of spacing 40 px, so at least 32 px of gap)
+  no BagNet window (9, 17 or 33 px) holds both parts, and the largest window is 0.27 of the side
+  (the paper's BagNet-33 sees 0.15 of a 224 px ImageNet image).
 
 Ground truth: ``masks[i]`` is True exactly on the pixels painted as class evidence (texture blobs,
 the lattice dots, the two arrangement parts); evidence is painted last, so nothing

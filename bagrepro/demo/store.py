@@ -1,9 +1,10 @@
 """The demo world as data: its splits, the cache, and the demo profile's world and test images.
 
 Splits (train / val / test) use independent random streams derived from the seed; image ids are
-``"<split>-<index>"``. The world is cached under ``cache_dir()/world-<hash>/world.npz`` (compressed;
-the hash is :attr:`WorldConfig.fingerprint <bagrepro.demo.spec.WorldConfig.fingerprint>`) and rebuilt
-from the seed when missing (a few seconds).
+``"<split>-<index>"``. A split is generated when first used (a demo run with the shipped zoo needs
+only the test split) and cached under ``cache_dir()/world-<hash>/<split>.npz`` (compressed; the hash
+is :attr:`WorldConfig.fingerprint <bagrepro.demo.spec.WorldConfig.fingerprint>`), rebuilt from the
+seed when missing or damaged (seconds).
 
 Shapes: ``images`` uint8 [N, S, S, 3]; ``labels`` int64 [N]; ``masks`` bool [N, S, S]; ``ids`` str [N].
 As tensors: :meth:`WorldSplit.tensor` (float32 [N, 3, S, S] in [0, 1]) and
@@ -69,26 +70,31 @@ class WorldSplit:
 
 @dataclass
 class DemoWorld:
-    """A generated world: its config, class names / kinds / groups and the three splits."""
+    """A world: its config, class names / kinds / groups and the three splits, each generated (or
+    read from the cache, when ``cache``) when first used; ``force``: generate even if cached."""
 
     config: WorldConfig
-    splits: dict[str, WorldSplit] = field(repr=False)
+    splits: dict[str, WorldSplit] = field(default_factory=dict, repr=False)
+    cache: bool = True
+    force: bool = False
 
     @property
     def train(self) -> WorldSplit:
-        return self.splits["train"]
+        return self.split("train")
 
     @property
     def val(self) -> WorldSplit:
-        return self.splits["val"]
+        return self.split("val")
 
     @property
     def test(self) -> WorldSplit:
-        return self.splits["test"]
+        return self.split("test")
 
     def split(self, name: str) -> WorldSplit:
-        if name not in self.splits:
+        if name not in SPLITS:
             raise ConfigError(f"unknown demo world split '{name}'; choose from {', '.join(SPLITS)}")
+        if name not in self.splits:
+            self.splits[name] = _cached_split(self.config, name, self.cache, self.force)
         return self.splits[name]
 
     @property
@@ -126,65 +132,59 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def world_path(config: WorldConfig) -> Path:
-    """Where the world of ``config`` is cached."""
-    return cache_dir() / f"world-{config.fingerprint}" / "world.npz"
+def world_path(config: WorldConfig, split: str = "test") -> Path:
+    """Where ``split`` of the world of ``config`` is cached."""
+    return cache_dir() / f"world-{config.fingerprint}" / f"{split}.npz"
 
 
 def make_world(config: WorldConfig | None = None, cache: bool = True, force: bool = False) -> DemoWorld:
-    """The demo world of ``config`` (default: :class:`WorldConfig()`), from the cache or generated.
+    """The demo world of ``config`` (default: :class:`WorldConfig()`); each split comes from the cache
+    or is generated when first used. cache: read and write ``cache_dir()/world-<hash>/<split>.npz``;
+    force: regenerate even if cached."""
+    return DemoWorld(config or WorldConfig(), cache=cache, force=force)
 
-    cache: read and write ``cache_dir()/world-<hash>/world.npz``; force: regenerate even if cached.
-    """
-    config = config or WorldConfig()
-    path = world_path(config)
-    if cache and not force and path.exists():
-        try:
-            return _load_world(config, path)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # damaged: rebuild it
-            print(f"[demo] the cached demo world {path} is damaged ({one_line(error, 120) or type(error).__name__}):"
-                  f" generating it again", file=sys.stderr)
-    world = generate_world(config)
-    if cache:
-        _save_world(world, path)
-    return world
+
+def generate_split(config: WorldConfig, split: str) -> WorldSplit:
+    """Generate one split of the world of ``config`` (no cache); each split has its own random stream."""
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, SPLITS.index(split)]))
+    labels = np.repeat(np.arange(config.num_classes, dtype=np.int64), config.per_class(split))
+    labels = labels[rng.permutation(len(labels))]
+    images, masks = render_images(config, labels, rng)
+    ids = np.array([f"{split}-{i:05d}" for i in range(len(labels))])
+    return WorldSplit(split, images, labels, masks, ids)
 
 
 def generate_world(config: WorldConfig | None = None) -> DemoWorld:
-    """Generate the world of ``config`` (no cache)."""
+    """Generate every split of the world of ``config`` now (no cache)."""
     config = config or WorldConfig()
-    splits = {}
-    for split_index, split in enumerate(SPLITS):
-        rng = np.random.default_rng(np.random.SeedSequence([config.seed, split_index]))
-        labels = np.repeat(np.arange(config.num_classes, dtype=np.int64), config.per_class(split))
-        labels = labels[rng.permutation(len(labels))]
-        images, masks = render_images(config, labels, rng)
-        ids = np.array([f"{split}-{i:05d}" for i in range(len(labels))])
-        splits[split] = WorldSplit(split, images, labels, masks, ids)
-    return DemoWorld(config, splits)
+    return DemoWorld(config, {split: generate_split(config, split) for split in SPLITS}, cache=False)
 
 
-def _save_world(world: DemoWorld, path: Path) -> None:
-    arrays = {}
-    for name, split in world.splits.items():
-        arrays.update({f"{name}_images": split.images, f"{name}_labels": split.labels,
-                       f"{name}_masks": np.packbits(split.masks, axis=-1), f"{name}_ids": split.ids})
-    with atomic_path(path) as temporary, open(temporary, "wb") as stream:  # a file: savez adds no suffix
-        np.savez_compressed(stream, **arrays)
+def _cached_split(config: WorldConfig, split: str, cache: bool, force: bool) -> WorldSplit:
+    path = world_path(config, split)
+    if cache and not force and path.exists():
+        try:
+            return _load_split(config, split, path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # damaged: rebuild it
+            print(f"[demo] the cached demo world split {path} is damaged "
+                  f"({one_line(error, 120) or type(error).__name__}): generating it again", file=sys.stderr)
+    data = generate_split(config, split)
+    if cache:
+        with atomic_path(path) as temporary, open(temporary, "wb") as stream:  # a file: savez adds no suffix
+            np.savez_compressed(stream, images=data.images, labels=data.labels,
+                                masks=np.packbits(data.masks, axis=-1), ids=data.ids)
+    return data
 
 
-def _load_world(config: WorldConfig, path: Path) -> DemoWorld:
+def _load_split(config: WorldConfig, split: str, path: Path) -> WorldSplit:
     size = config.image_size
-    splits = {}
     with np.load(path, allow_pickle=False) as data:
-        for name in SPLITS:
-            masks = np.unpackbits(data[f"{name}_masks"], axis=-1, count=size).astype(bool)
-            splits[name] = WorldSplit(name, data[f"{name}_images"], data[f"{name}_labels"].astype(np.int64),
-                                      masks, data[f"{name}_ids"])
-            expected = config.num_classes * config.per_class(name)
-            if len(splits[name]) != expected or splits[name].images.shape[1:] != (size, size, 3):
-                raise ValueError(f"split {name} holds {len(splits[name])} images, expected {expected}")
-    return DemoWorld(config, splits)
+        masks = np.unpackbits(data["masks"], axis=-1, count=size).astype(bool)
+        loaded = WorldSplit(split, data["images"], data["labels"].astype(np.int64), masks, data["ids"])
+    expected = config.num_classes * config.per_class(split)
+    if len(loaded) != expected or loaded.images.shape[1:] != (size, size, 3):
+        raise ValueError(f"split {split} holds {len(loaded)} images, expected {expected}")
+    return loaded
 
 
 # ---- the demo profile's world --------------------------------------------------------------------
