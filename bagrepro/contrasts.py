@@ -203,6 +203,7 @@ def scrambling_hurts_deep_models_more(results: Path) -> Contrast:
     predictions = _read(results, "scrambling", "predictions.csv")
     if predictions is None:
         return Contrast(finding, paper_text, "", NOT_RUN, source)
+    predictions = predictions.assign(correct_top1=predictions["correct_top1"].astype(float))  # True/False in some CSVs
     clean = predictions[predictions["method"] == "clean"].set_index(["model", "image_id"])["correct_top1"]
     scrambled = predictions[(predictions["method"] == "tiles") & (predictions["grid"] == SCRAMBLE_GRID)]
     scrambled = scrambled.set_index(["model", "image_id"])["correct_top1"]

@@ -119,8 +119,10 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     classes = list(dict.fromkeys(patches["class"]))
     roles = [r for r in BAGNET_ROLES if r in crops.files]
     k = int(patches["rank"].max()) + 1
-    fig, axes = new_figure(len(classes) * len(roles), 2 * k + 1, squeeze=False,
-                           figsize=(0.75 * (2 * k + 1), 0.8 * len(classes) * len(roles)))
+    height = 0.8 * len(classes) * len(roles) + 0.6
+    fig, axes = new_figure(len(classes) * len(roles), 2 * k + 1, squeeze=False, layout=None,
+                           figsize=(0.75 * (2 * k + 1), height))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.55 / height, wspace=0.08, hspace=0.35)
     for ax in axes.flat:
         ax.axis("off")
     for ci, cls in enumerate(classes):
@@ -137,7 +139,7 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
                 axes[row][column].set_title(f"{entry['logit']:.1f}", fontsize=5)
     fig.suptitle(f"Fig. 3: the {k} patches with the highest class logit, from images of the class (left) "
                  f"and of other classes (right)", fontsize=8)
-    return save_figure(fig, figures_dir / "fig3_top_patches")
+    return save_figure(fig, figures_dir / "fig3_top_patches", tight=False)  # a grid of image panels: own margins
 
 
 def _wrapped(name: str, width: int = 14) -> str:
