@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import sys
@@ -287,6 +288,16 @@ def load_cached(path: Path, model: nn.Module, what: str = "cached") -> nn.Module
         return None
 
 
+def write_weights(state_dict: dict, path: Path) -> None:
+    """Save ``state_dict`` to ``path`` atomically, the same bytes for the same tensors: ``torch.save``
+    names the archive's folder after the file it writes, so it writes to memory first (folder
+    'archive') rather than to the randomly named temporary file."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(buffer.getvalue())
+
+
 def train_cached(path: Path, train: Callable[[Path], tuple[nn.Module, dict]], into: nn.Module,
                  force: bool = False) -> tuple[nn.Module, bool]:
     """``into`` with the weights cached at ``path``, or trained now by ``train(checkpoint) -> (model,
@@ -301,8 +312,7 @@ def train_cached(path: Path, train: Callable[[Path], tuple[nn.Module, dict]], in
         if model is not None:
             return model, False
     model, record = train(checkpoint)
-    with atomic_path(path) as temporary:
-        torch.save(model.state_dict(), temporary)
+    write_weights(model.state_dict(), path)
     record["sha256"] = file_sha256(path)  # checked on every load: a damaged file is trained again
     with atomic_path(path.with_suffix(".json")) as temporary:
         temporary.write_text(json.dumps(record, indent=1))

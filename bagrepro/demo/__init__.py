@@ -39,7 +39,7 @@ DEMO_PROFILE = register_profile(Profile(
         "scrambling": {"grids": (2, 4, 8), "texture_steps": 50, "texture_images": 16,
                        "texture_note": "50 Adam steps on the demo VGG-16 stand-in (trained on the demo world, "
                                        "not ImageNet)"},
-        "heatmaps": {"num_images": 6, "ig_steps": 100},
+        "heatmaps": {"num_images": 6, "ig_steps": 32},
         "top_patches": {"num_classes": 3, "k": 7},
         "misclassified": {"num_images": 4},
     }),
