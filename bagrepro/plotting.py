@@ -81,4 +81,4 @@ def error_bars(table, column: str, scale: float = 1.0):
         return None
     value = table[column].to_numpy(dtype=np.float64)
     low, high = table[f"{column}_low"].to_numpy(dtype=np.float64), table[f"{column}_high"].to_numpy(dtype=np.float64)
-    return np.clip(np.stack([value - low, high - value]), 0, None) * scale
+    return np.nan_to_num(np.clip(np.stack([value - low, high - value]), 0, None), nan=0.0) * scale  # NaN: no bar

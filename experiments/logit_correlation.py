@@ -26,7 +26,7 @@ import torch
 from bagrepro import paper
 from bagrepro.metrics import bootstrap_interval, mean_interval
 from bagrepro.plan import Work
-from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, new_figure, save_figure
+from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, error_bars, new_figure, save_figure
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
@@ -140,25 +140,15 @@ def run(ctx: RunContext) -> None:
     ctx.write_csv(summarise(per_image), "summary.csv", reference=reference)
 
 
-def error_bar_lengths(summary: pd.DataFrame, column: str) -> np.ndarray | None:
-    """[2, rows] distances from ``column`` down to ``<column>_low`` and up to ``<column>_high``
-    (matplotlib's ``yerr``; 0 where an interval is NaN), or None when the summary has no interval
-    (written before it had one)."""
-    if f"{column}_low" not in summary or f"{column}_high" not in summary:
-        return None
-    lengths = np.stack([summary[column] - summary[f"{column}_low"], summary[f"{column}_high"] - summary[column]])
-    return np.nan_to_num(lengths.astype(np.float64), nan=0.0).clip(min=0)
-
-
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Fig. 1C: correlation with the reference's logits against the patch size q (ours with 95 %
     bootstrap intervals over images as error bars)."""
     summary = read_csv(results_dir / "summary.csv")
     q = summary["role"].str.extract(r"(\d+)$")[0].astype(int)
     fig, ax = new_figure(figsize=(4, 3))
-    ax.errorbar(q, summary["pooled_r"], yerr=error_bar_lengths(summary, "pooled_r"), marker="o", capsize=3,
+    ax.errorbar(q, summary["pooled_r"], yerr=error_bars(summary, "pooled_r"), marker="o", capsize=3,
                 color=OURS_COLOUR, label="ours (pooled, 95 % interval)")
-    ax.errorbar(q, summary["mean_per_image_r"], yerr=error_bar_lengths(summary, "mean_per_image_r"), marker="s",
+    ax.errorbar(q, summary["mean_per_image_r"], yerr=error_bars(summary, "mean_per_image_r"), marker="s",
                 ls=":", capsize=3, color=OURS_COLOUR, label="ours (mean per image)")
     ax.plot(q, summary["paper_r"], marker="o", color=PAPER_COLOUR, label="paper")
     ax.set_xticks(q, [f"BagNet-{v}" for v in q])
