@@ -5,9 +5,9 @@
 - :func:`train_model`: trains one demo model on ``world.train`` with :func:`bagrepro.training.fit`
   (deterministic on the CPU for a given seed; BatchNorm statistics re-estimated after the last step).
   Inputs are normalised with :data:`~bagrepro.demo.spec.DEMO_PREPROCESS`.
-- :func:`get_trained`: the trained model, from the weights shipped in the repository
-  (:data:`SHIPPED_DIR`), else from ``cache_dir()/demo-zoo/<name>-<hash>.pt``, else trained now and
-  cached; ``force`` (``run_all.py --retrain``) trains it again whatever is shipped or cached
+- :func:`get_trained`: the trained model, from ``cache_dir()/demo-zoo/<name>-<hash>.pt`` when a
+  retraining left it there, else from the weights shipped in the repository (:data:`SHIPPED_DIR`),
+  else trained now and cached; ``force`` (``run_all.py --retrain``) trains it again whatever is shipped or cached
   (:func:`bagrepro.training.train_cached`: checksummed, resumable per epoch). Weights are plain
   state_dicts with a ``.json`` record beside them (recipe, world, architecture, training time,
   validation accuracies, SHA-256, checked on every load). The hash (:func:`model_key`) covers the
@@ -201,6 +201,6 @@ def trained_weights(model: nn.Module, spec, weights_dir, progress: bool, force: 
     return f"trained by bagrepro.demo.training on demo world {world.config.fingerprint}: {where}"
 
 
-__all__ = ["TRAINING_VERSION", "TrainRecipe", "default_recipe", "evaluate", "get_trained", "group_accuracies",
-           "model_key", "model_path", "predict", "ship", "shipped_path", "SHIPPED_DIR", "read_training_record", "recalibrate_batchnorm", "train_model",
-           "trained_weights", "training_images"]
+__all__ = ["SHIPPED_DIR", "TRAINING_VERSION", "TrainRecipe", "default_recipe", "evaluate", "get_trained",
+           "group_accuracies", "model_key", "model_path", "predict", "read_training_record", "recalibrate_batchnorm",
+           "ship", "shipped_path", "train_model", "trained_weights", "training_images"]
