@@ -185,6 +185,7 @@ def test_a_damaged_demo_world_is_generated_again(capsys):
     path.write_bytes(data[: len(data) // 2])
     capsys.readouterr()
     again = store.make_world(config)
+    assert len(again.test)  # a split is read (and found damaged) when first used
     assert "is damaged" in capsys.readouterr().err
     assert np.array_equal(first.test.images, again.test.images) and np.array_equal(first_train_masks, again.train.masks)
     assert store.make_world(config).test.images.shape == first.test.images.shape  # and cached again

@@ -166,7 +166,8 @@ def test_custom_profile_scores_a_subset_against_a_1000_way_model(tmp_path, layou
     assert list(predictions.columns)[-1] == "true_class_name"
     assert (predictions["true_class_name"] == predictions["true_class"].map(class_name)).all()
     per_class = pd.read_csv(results / "per_class.csv")
-    assert list(per_class.columns) == ["model", "role", "true_class", "n_images", "top1", "top5", "class_name"]
+    assert list(per_class.columns)[:7] == ["model", "role", "true_class", "n_images", "top1", "top5", "class_name"]
+    assert list(per_class.columns)[7:] == ["top1_low", "top1_high", "top5_low", "top5_high"]  # appended
     assert dict(zip(per_class["true_class"], per_class["n_images"])) == COUNTS
     assert per_class.set_index("true_class").loc[517, "class_name"] == "crane"
     meta = json.loads((results / "predictions.meta.json").read_text())

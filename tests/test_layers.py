@@ -20,7 +20,7 @@ LAYERS = {
     "data": {"data"},
     "models": {"models"},
     "methods": {"heatmaps", "heatmap_cache", "attribution", "masking", "scrambling", "patches", "training"},
-    "harness": {"runner", "profiles", "results", "report", "distributed", "predictions", "plotting", "lock",
+    "harness": {"runner", "profiles", "results", "report", "contrasts", "distributed", "predictions", "plotting", "lock",
                 "tuning", "passes", "plan"},
     "plugin": {"demo"},
 }
