@@ -106,19 +106,22 @@ def resolution(low: float, high: float, reference: float = 0.0) -> str:
     return "above" if low > reference else "below" if high < reference else "not resolved"
 
 
-def error_consistency(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+def error_consistency(correct_a, correct_b, axis: int = -1):
     """Cohen's kappa of two classifiers' trial-by-trial correctness (Geirhos et al. 2020).
 
     c_obs: share of images both get right or both get wrong; c_exp: the share expected from their
     accuracies p_a, p_b alone, p_a p_b + (1 - p_a)(1 - p_b); kappa = (c_obs - c_exp) / (1 - c_exp).
     1 for identical error patterns, 0 for independent ones. NaN when c_exp is 1 (both always right
-    or always wrong: nothing to compare).
+    or always wrong: nothing to compare). correct_a, correct_b: 0/1 or bool [..., N images], kappa
+    along ``axis`` (vectorised, e.g. over bootstrap resamples); a float for 1-D inputs.
     """
-    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    observed = np.mean(a == b)
-    p_a, p_b = a.mean(), b.mean()
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    observed = (a == b).mean(axis)
+    p_a, p_b = a.mean(axis), b.mean(axis)
     expected = p_a * p_b + (1 - p_a) * (1 - p_b)
-    return float("nan") if np.isclose(expected, 1.0) else float((observed - expected) / (1 - expected))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(np.isclose(expected, 1.0), np.nan, (observed - expected) / (1 - expected))
+    return float(kappa) if kappa.ndim == 0 else kappa
 
 
 def top_k_hits(scores, labels, k: int):

@@ -14,8 +14,9 @@ Writes ``results/accuracy/``:
   same four interval columns (%).
 
 The intervals count the correct images (expected hits under random tie-breaking can be fractional:
-their sum is rounded to a whole number of images) out of ``n_images``. :func:`exact_intervals` and
-:func:`error_bars` serve the other experiments' accuracy intervals and error bars too.
+their sum is rounded to a whole number of images) out of ``n_images``
+(:func:`bagrepro.metrics.with_accuracy_intervals`; figures draw them with
+:func:`bagrepro.plotting.error_bars`).
 """
 
 from __future__ import annotations

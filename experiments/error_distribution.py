@@ -39,17 +39,6 @@ PAIRS = (("bagnet33", "vgg16"), ("bagnet33", "resnet50"), ("bagnet33", "resnet15
          ("bagnet33", "densenet169"), ("vgg11", "vgg16"))
 
 
-def kappa(correct_x: np.ndarray, correct_y: np.ndarray, axis: int = -1) -> np.ndarray:
-    """:func:`bagrepro.metrics.error_consistency` along ``axis`` for many samples at once: correct_x,
-    correct_y are 0/1 correctness arrays [..., N images] (e.g. bootstrap resamples); Cohen's kappa
-    [...] (NaN where the expected agreement is 1)."""
-    observed = (correct_x == correct_y).mean(axis)
-    p_x, p_y = correct_x.mean(axis), correct_y.mean(axis)
-    expected = p_x * p_y + (1 - p_x) * (1 - p_y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.isclose(expected, 1.0), np.nan, (observed - expected) / (1 - expected))
-
-
 def compare(predictions: pd.DataFrame, x: str, y: str, metric: str = "top5") -> tuple[pd.DataFrame, dict]:
     """Per-class accuracy (``metric``: 'top5' as in the paper, or 'top1') of models x and y, and the
     pair's r (NaN where either is constant) and kappa, then their 95 % intervals: r bootstrapped over
@@ -72,7 +61,7 @@ def compare(predictions: pd.DataFrame, x: str, y: str, metric: str = "top5") -> 
         (np.nan, np.nan) if np.isnan(r) else pearson_interval(per_class["accuracy_x"], per_class["accuracy_y"]))
     right_x, right_y = a["correct_top1"].astype(bool).to_numpy(), b["correct_top1"].astype(bool).to_numpy()
     summary["kappa_top1_low"], summary["kappa_top1_high"] = (
-        (np.nan, np.nan) if np.isnan(summary["kappa_top1"]) else bootstrap_interval(kappa, right_x, right_y))
+        (np.nan, np.nan) if np.isnan(summary["kappa_top1"]) else bootstrap_interval(error_consistency, right_x, right_y))
     for name, rows in (("top1_x", a), ("top1_y", b)):
         (summary[f"{name}_low"],), (summary[f"{name}_high"],) = exact_intervals(rows["correct_top1"].sum(), len(rows))
     return per_class, summary

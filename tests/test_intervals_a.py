@@ -190,7 +190,7 @@ def test_vectorised_kappa_equals_error_consistency_per_row():
     y[3] = True
     x[3] = True  # both always right: undefined
     expected = [error_consistency(a, b) for a, b in zip(x, y)]
-    assert np.allclose(error_distribution.kappa(x.astype(float), y.astype(float)), expected, equal_nan=True)
+    assert np.allclose(error_consistency(x.astype(float), y.astype(float)), expected, equal_nan=True)
     assert np.isnan(expected[3])
 
 
