@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bagrepro import contrasts
+from bagrepro.metrics import with_accuracy_intervals
 from bagrepro.contrasts import AGREES, DISAGREES, NOT_MEASURABLE, NOT_RESOLVED, NOT_RUN
 from bagrepro.report import build_report
 
@@ -52,8 +53,10 @@ def test_accuracy_rising_with_q_follows_the_csv(tmp_path):
 
 
 def group_table(b33: float, deep: float, n: int = 150) -> pd.DataFrame:
-    return pd.DataFrame({"model": ["b33", "vgg"], "role": ["bagnet33", "vgg16"], "group": "arrangement",
-                         "n_images": n, "top1": [b33, deep], "chance_top1": 100 / 3})
+    """per_group.csv as the accuracy experiment writes it (with its exact intervals)."""
+    return with_accuracy_intervals(
+        pd.DataFrame({"model": ["b33", "vgg"], "role": ["bagnet33", "vgg16"], "group": "arrangement",
+                      "n_images": n, "top1": [b33, deep], "top5": 100.0, "chance_top1": 100 / 3}))
 
 
 def test_blindness_to_arrangements_follows_the_csv(tmp_path):
