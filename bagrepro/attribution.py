@@ -37,8 +37,30 @@ torchvision model uses the returned value). The mode is thread-local and only ac
 ``with`` block; no module or global function is patched.
 
 DeepExplain replaces the gradient of Elu, Sigmoid, Tanh and Softplus too; those have no rule here, so
-``eps_lrp`` and ``deeplift`` raise :class:`~bagrepro.errors.ConfigError` on a model that calls one
-rather than silently keeping its gradient.
+``eps_lrp`` and ``deeplift`` raise :class:`MethodNotApplicable` (a ConfigError) on a model that calls
+one rather than silently keeping its gradient.
+
+Further methods (not in the paper; registered after its four, one line each):
+
+- ``input_x_gradient``: gradient x input (captum ``InputXGradient``).
+- ``smoothgrad``: mean signed gradient over Gaussian-noised copies of the input (captum
+  ``NoiseTunnel(Saliency)``, ``nt_type='smoothgrad'``), seeded.
+- ``guided_backprop``: gradient where every ReLU passes back ``relu(grad) * (x > 0)``; through the ReLU
+  override (captum's ``GuidedBackprop`` hooks ReLU modules: same problem as above).
+- ``deconvolution``: gradient where every ReLU passes back ``relu(grad)``; through the ReLU override
+  (instead of captum's ``Deconvolution``).
+- ``gradient_shap``: expected gradients over the zero and a seeded noise baseline (captum
+  ``GradientShap``), seeded.
+- ``occlusion``: logit drop when a square window is set to 0 (captum ``Occlusion``), forward only.
+- ``kernel_shap`` / ``lime``: surrogate linear models on a grid of square cells (captum ``KernelShap`` /
+  ``Lime``), seeded, forward only.
+- ``grad_cam``: Grad-CAM of the last convolutional block (:func:`gradcam_layer`; captum
+  ``LayerGradCam``), upsampled bilinearly to the input.
+
+A method that cannot apply to a model (Grad-CAM without a convolutional map, the ReLU rules on a
+model with a sigmoid) raises :class:`MethodNotApplicable`; experiments record its message per
+(model, method). The seeded methods draw inside :func:`seeded_rng`: a run is deterministic and the
+caller's torch and numpy random states are left as they were.
 
 The caller's model is never modified: every method runs on :func:`working_copy`, a structural deep
 copy that shares the parameter and buffer tensors (nothing is duplicated or written), put in eval mode
@@ -60,8 +82,8 @@ returns [B, 3, H, W] attributions, and declares its options as keyword-only para
 :func:`attribute` then dispatches to it by name (see there for how options are passed). The registry
 keeps registration order: :func:`attribution_methods` lists every registered name, :data:`METHODS`
 (= :data:`PAPER_METHODS`) only the paper's four, in the order the experiments' CSVs use. A method uses
-captum where captum computes it as defined (``saliency``, ``integrated_gradients``) and is written out
-only where captum cannot be used (the ReLU rules above).
+captum where captum computes it as defined and is written out only where captum cannot be used (the
+ReLU rules above: ``eps_lrp``, ``deeplift``, ``guided_backprop``, ``deconvolution``).
 
 Layouts: images [B, 3, H, W] (normalised: the model's input), targets [B] class indices, attributions
 [B, 3, H, W] float32 with respect to the model's input. Everything is batched over images.
@@ -82,6 +104,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError
+
+
+class MethodNotApplicable(ConfigError):
+    """The method cannot apply to this model; the message says why (experiments record it per
+    (model, method) and go on)."""
 
 #: the paper's four white-box methods, in the order the experiments (and their CSVs) use
 PAPER_METHODS = ("saliency", "integrated_gradients", "eps_lrp", "deeplift")
@@ -163,8 +190,8 @@ class _ReluOverrideMode(TorchFunctionMode):
             # in-place variants are computed out of place: the returned value is what the model uses
             return self.rule(args[0])
         if self.strict and func in _UNSUPPORTED_NONLINEAR:
-            raise ConfigError(f"the model calls {_UNSUPPORTED_NONLINEAR[func]}, which has no attribution "
-                              "rule here (only ReLU is overridden)")
+            raise MethodNotApplicable(f"the model calls {_UNSUPPORTED_NONLINEAR[func]}, which has no "
+                                      "attribution rule here (only ReLU is overridden)")
         return func(*args, **kwargs)
 
 
@@ -175,8 +202,9 @@ def relu_override(rule: ReluRule, *, strict: bool = True) -> Iterator[None]:
     Covers ``nn.ReLU`` modules (shared or not, inplace or not), ``F.relu``, ``torch.relu``,
     ``Tensor.relu`` and the in-place variants (computed out of place). ``rule`` must return
     ``relu(x)``; typically it is an autograd Function with a replaced backward (:func:`epsilon_rule`).
-    With ``strict``, calling sigmoid/tanh/elu/softplus inside the block raises ConfigError. Only the
-    forward needs to run inside the block: the backward uses what each call saved.
+    With ``strict``, calling sigmoid/tanh/elu/softplus inside the block raises
+    :class:`MethodNotApplicable`. Only the forward needs to run inside the block: the backward uses
+    what each call saved.
     """
     with _ReluOverrideMode(rule, strict):
         yield
@@ -214,9 +242,10 @@ def _target_logits(outputs: Tensor, targets: Tensor) -> Tensor:
     return outputs.gather(1, targets[:, None])[:, 0]
 
 
-def _modified_gradient(model: nn.Module, images: Tensor, targets: Tensor, rule: ReluRule) -> Tensor:
+def _modified_gradient(model: nn.Module, images: Tensor, targets: Tensor, rule: ReluRule,
+                       strict: bool = True) -> Tensor:
     x = images.detach().requires_grad_(True)
-    with relu_override(rule):
+    with relu_override(rule, strict=strict):
         selected = _target_logits(model(x), targets).sum()
     (grad,) = torch.autograd.grad(selected, x)
     return grad
@@ -246,7 +275,10 @@ class AttributionMethod:
     passes: forward/backward passes per image, human-readable (informational; ``n`` = ig_steps).
     cost: ``cost(images, options) -> (forward, backward)``: the image passes one call on ``images``
         images makes with ``options`` (the method's defaults updated by the caller's), for
-        ``run_all.py --plan``; checked against a counted run by ``tests/test_plan.py``.
+        ``run_all.py --plan``; checked against a counted run by ``tests/test_plan.py`` and
+        ``tests/test_attribution_methods.py``. ``options`` also holds the reserved entry
+        ``"image_size"``: (height, width) or None, from :meth:`passes_for`, for a cost that depends on
+        it (``occlusion``'s number of windows).
     options: ``((name, default), ...)``: the keyword-only parameters of ``compute``, in order.
     needs: what the method needs from the model, a tuple of :data:`NEEDS` keys:
         ``"forward"`` (forward passes only, black-box), ``"gradients"`` (backward passes to the input),
@@ -267,12 +299,23 @@ class AttributionMethod:
         """The options as a dict, name -> default."""
         return dict(self.options)
 
-    def passes_for(self, images: int, **options) -> tuple[int, int]:
-        """(forward, backward) image passes of one call on ``images`` images with ``options``."""
-        return self.cost(images, {**self.defaults, **_options_for(self, options)})
+    def passes_for(self, images: int, *, image_size: int | tuple[int, int] | None = None,
+                   **options) -> tuple[int, int]:
+        """(forward, backward) image passes of one call on ``images`` images with ``options``.
+
+        image_size: the images' side, or (height, width); needed only where the cost depends on it
+        (``occlusion``: ConfigError without it), ignored elsewhere.
+        """
+        if image_size is not None:
+            image_size = ((int(image_size),) * 2 if isinstance(image_size, int)
+                          else tuple(int(side) for side in image_size))
+        return self.cost(images, {**self.defaults, **_options_for(self, options), IMAGE_SIZE: image_size})
 
 
 _REGISTRY: dict[str, AttributionMethod] = {}
+
+#: the reserved entry of a cost function's options: the images' (height, width), or None
+IMAGE_SIZE = "image_size"
 
 
 def _declared_options(name: str, compute: Callable) -> tuple[tuple[str, Any], ...]:
@@ -280,9 +323,10 @@ def _declared_options(name: str, compute: Callable) -> tuple[tuple[str, Any], ..
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     options = [p for p in params if p.kind is p.KEYWORD_ONLY]
     if (len(positional) != 3 or len(positional) + len(options) != len(params)
-            or any(p.default is p.empty for p in options)):
+            or any(p.default is p.empty for p in options) or any(p.name == IMAGE_SIZE for p in options)):
         raise ConfigError(f"attribution method {name!r}: the signature must be (net, images, targets, *, "
-                          f"option=default, ...), got {compute.__name__}{inspect.signature(compute)}")
+                          f"option=default, ...), no option named {IMAGE_SIZE!r} (reserved), "
+                          f"got {compute.__name__}{inspect.signature(compute)}")
     return tuple((p.name, p.default) for p in options)
 
 
@@ -417,7 +461,7 @@ def _eps_lrp(net: nn.Module, images: Tensor, targets: Tensor, *, eps: float = 1e
     ReLU override (captum's ``LRP`` cannot handle reused or functional ReLUs; module docstring).
 
     Options: ``eps`` = 1e-4, DeepExplain's default ``epsilon``. Models calling sigmoid/tanh/elu/softplus
-    are refused (ConfigError).
+    are refused (:class:`MethodNotApplicable`).
     """
     return _modified_gradient(net, images, targets, epsilon_rule(eps)) * images
 
@@ -466,9 +510,344 @@ def _deeplift(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
     gradient at the midpoint where ``|in - in_ref| <= 1e-5`` (:data:`DEEPLIFT_DELTA_THRESHOLD`);
     attribution = that gradient x (x - 0). The zero reference's forward runs once per batch. No
     options (another baseline: :func:`deeplift_rescale`). Models calling sigmoid/tanh/elu/softplus are
-    refused (ConfigError).
+    refused (:class:`MethodNotApplicable`).
     """
     return _deeplift_with_baselines(net, images, targets, None)
+
+
+# ---- further methods (not in the paper; see the module docstring) ------------------------------------
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Within the block, torch's CPU generator (and ``device``'s, when it is a CUDA device) and numpy's
+    global generator start from ``seed``; on exit all of them are back where they were.
+
+    captum draws from the global generators: ``NoiseTunnel`` with ``torch.normal`` (on the input's
+    device), ``GradientShap`` with ``np.random`` (baseline choice, interpolation coefficients),
+    ``KernelShap`` and ``Lime`` with torch's CPU generator (coalitions).
+    """
+    import numpy as np
+
+    device = torch.device(device)
+    cuda = [device] if device.type == "cuda" else []
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            for cuda_device in cuda:
+                with torch.cuda.device(cuda_device):
+                    torch.cuda.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+
+
+def _positive(name: str, value, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+@register_attribution("input_x_gradient", passes="1 forward + 1 backward", needs=("gradients",))
+def _input_x_gradient(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """Gradient x input (Shrikumar et al. 2016): x * d logit_t / d x, per colour channel. No options.
+    captum ``InputXGradient``."""
+    from captum.attr import InputXGradient
+
+    return InputXGradient(net).attribute(images.requires_grad_(True), target=targets)
+
+
+@register_attribution("smoothgrad", passes="s forward + s backward (s = smoothgrad_samples)",
+                      needs=("gradients",),
+                      cost=lambda images, options: (options["smoothgrad_samples"] * images,) * 2)
+def _smoothgrad(net: nn.Module, images: Tensor, targets: Tensor, *, noise_level: float = 0.15,
+                smoothgrad_samples: int = 50, internal_batch_size: int | None = None, seed: int = 0) -> Tensor:
+    """SmoothGrad (Smilkov et al. 2017): mean over s noisy copies x + N(0, sigma^2) of the signed
+    gradient d logit_t / d x. captum ``NoiseTunnel(Saliency)`` with ``nt_type='smoothgrad'`` and
+    ``abs=False``.
+
+    Options: ``noise_level`` = 0.15: sigma = noise_level x (max - min of the batch's input values);
+    Smilkov et al. recommend 10-20 % of the input range. ``smoothgrad_samples`` = s = 50, Smilkov et
+    al.'s default. ``internal_batch_size`` = None: at most :data:`DEFAULT_IG_BATCH` noisy images per
+    pass (as Integrated Gradients' option: :func:`ig_internal_batch_size`; memory only).
+    ``seed`` = 0: the noise is drawn inside :func:`seeded_rng`, so a call is deterministic and leaves
+    the caller's random state alone (sigma depends on the whole batch, so a batch's maps are not
+    those of its images one at a time).
+    """
+    from captum.attr import NoiseTunnel, Saliency
+
+    _positive("smoothgrad_samples", smoothgrad_samples)
+    _positive("noise_level", noise_level, 0)
+    sigma = float(noise_level) * float(images.max() - images.min())
+    per_pass = ig_internal_batch_size(images.shape[0], smoothgrad_samples, internal_batch_size) // images.shape[0]
+    with seeded_rng(seed, images.device):
+        return NoiseTunnel(Saliency(net)).attribute(
+            images, nt_type="smoothgrad", nt_samples=smoothgrad_samples, nt_samples_batch_size=per_pass,
+            stdevs=sigma, target=targets, abs=False)
+
+
+class _GuidedRelu(torch.autograd.Function):
+    """ReLU forward; backward ``relu(grad_out) * (x > 0)`` (guided backpropagation)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)  # out > 0 exactly where x > 0
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        (out,) = ctx.saved_tensors
+        return grad_output.clamp(min=0) * (out > 0).to(grad_output.dtype)
+
+
+class _DeconvRelu(torch.autograd.Function):
+    """ReLU forward; backward ``relu(grad_out)`` (the deconvnet's backward ReLU)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        return grad_output.clamp(min=0)
+
+
+@register_attribution("guided_backprop", passes="1 forward + 1 backward", needs=("gradients",))
+def _guided_backprop(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """Guided backpropagation (Springenberg et al. 2015): the gradient of logit_t in which every ReLU
+    passes back ``relu(grad_out) * (x > 0)``; not multiplied by the input (as captum's
+    ``GuidedBackprop`` returns it). Through the ReLU override, since captum's module hooks miss reused
+    and functional ReLUs (module docstring); equal to captum's where every ReLU is its own module
+    (tested). Other non-linearities keep their gradient, as in captum. No options.
+    """
+    return _modified_gradient(net, images, targets, _GuidedRelu.apply, strict=False)
+
+
+@register_attribution("deconvolution", passes="1 forward + 1 backward", needs=("gradients",))
+def _deconvolution(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """Deconvnet (Zeiler & Fergus 2014, in Springenberg et al. 2015's gradient form): the gradient of
+    logit_t in which every ReLU passes back ``relu(grad_out)`` whatever its input; not multiplied by
+    the input (as captum's ``Deconvolution``). Through the ReLU override like ``guided_backprop``;
+    other non-linearities keep their gradient, as in captum. No options.
+    """
+    return _modified_gradient(net, images, targets, _DeconvRelu.apply, strict=False)
+
+
+def gradient_shap_baselines(images: Tensor, seed: int = 0) -> Tensor:
+    """``gradient_shap``'s two reference images [2, C, H, W]: the zero image (the data set's mean
+    colour in normalised space) and a Gaussian N(0, 1) noise image drawn from a generator seeded with
+    ``seed`` (the data's own spread in normalised space)."""
+    shape = (1, *images.shape[1:])
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([torch.zeros(shape), noise]).to(images)
+
+
+def _shap_images_per_pass(samples: int, internal_batch_size: int | None) -> int:
+    bound = DEFAULT_IG_BATCH if internal_batch_size is None else int(internal_batch_size)
+    _positive("internal_batch_size", bound)
+    return max(1, bound // samples)
+
+
+@register_attribution("gradient_shap", passes="s forward + s backward (s = shap_samples)", needs=("gradients",),
+                      cost=lambda images, options: (options["shap_samples"] * images,) * 2)
+def _gradient_shap(net: nn.Module, images: Tensor, targets: Tensor, *, shap_samples: int = 20,
+                   internal_batch_size: int | None = None, seed: int = 0) -> Tensor:
+    """GradientSHAP (Lundberg & Lee 2017; captum ``GradientShap``): expected gradients, the mean over
+    s samples of ``(x - b) * grad(b + u (x - b))`` with the reference b drawn from
+    :func:`gradient_shap_baselines` (zero image, seeded N(0, 1) noise image) and u ~ U(0, 1); captum's
+    default ``stdevs=0`` (no noise added to the input).
+
+    Options: ``shap_samples`` = s = 20 (captum's ``n_samples`` defaults to 5; 20 lowers the sampling
+    variance for 4x the cost). ``internal_batch_size`` = None, i.e. :data:`DEFAULT_IG_BATCH`: captum
+    sends all s x B samples at once, so the images go in chunks of ``max(1, bound // s)`` (memory
+    only). ``seed`` = 0: the noise image, the reference choices and u are drawn inside
+    :func:`seeded_rng`, reseeded per chunk, so with one image per chunk (the default) an image's map
+    does not depend on the rest of the batch.
+    """
+    from captum.attr import GradientShap
+
+    _positive("shap_samples", shap_samples)
+    baselines = gradient_shap_baselines(images, seed)
+    chunk = _shap_images_per_pass(shap_samples, internal_batch_size)
+    parts = []
+    for start in range(0, images.shape[0], chunk):
+        with seeded_rng(seed, images.device):
+            parts.append(GradientShap(net).attribute(
+                images[start:start + chunk], baselines=baselines, n_samples=shap_samples, stdevs=0.0,
+                target=targets[start:start + chunk]))
+    return torch.cat(parts)
+
+
+def occlusion_windows(height: int, width: int, window: int, stride: int) -> int:
+    """Window positions captum's ``Occlusion`` visits: ``1 + ceil((side - window) / stride)`` per
+    axis (the last one may hang over the border and is cut there)."""
+    if window > min(height, width) or stride > window or stride < 1:
+        raise ConfigError(f"occlusion: need stride ({stride}) <= window ({window}) <= image side "
+                          f"({height}x{width}) and stride >= 1")
+    return (1 + -(-(height - window) // stride)) * (1 + -(-(width - window) // stride))
+
+
+def _occlusion_cost(images: int, options: dict) -> tuple[int, int]:
+    size = options[IMAGE_SIZE]
+    if size is None:
+        raise ConfigError("occlusion: its number of passes depends on the image size; pass image_size")
+    windows = occlusion_windows(*size, options["occlusion_window"], options["occlusion_stride"])
+    return images * (1 + windows), 0
+
+
+@register_attribution("occlusion", passes="1 + (windows) forward, no backward", needs=("forward",),
+                      cost=_occlusion_cost)
+def _occlusion(net: nn.Module, images: Tensor, targets: Tensor, *, occlusion_window: int = 16,
+               occlusion_stride: int = 8, perturbations_per_eval: int = 16) -> Tensor:
+    """Occlusion (Zeiler & Fergus 2014; captum ``Occlusion``): a square window over all colour
+    channels is set to the baseline 0 (the data set's mean colour), and every element gets the mean,
+    over the window positions covering it, of the drop logit_t(x) - logit_t(x occluded). One pass of
+    the unoccluded images, then one per window position (:func:`occlusion_windows`).
+
+    Options: ``occlusion_window`` = 16 px and ``occlusion_stride`` = 8 px (half-overlapping windows,
+    the size of a BagNet-17 patch; Zeiler & Fergus slid a grey square over the image).
+    ``perturbations_per_eval`` = 16: at most that many model inputs per forward pass (captum's
+    ``perturbations_per_eval`` counts windows per pass, each for every image: here
+    ``max(1, 16 // batch)`` windows; memory only).
+    """
+    from captum.attr import Occlusion
+
+    _positive("perturbations_per_eval", perturbations_per_eval)
+    channels, height, width = images.shape[1:]
+    occlusion_windows(height, width, occlusion_window, occlusion_stride)  # checks the geometry
+    return Occlusion(net).attribute(
+        images, sliding_window_shapes=(channels, occlusion_window, occlusion_window),
+        strides=(channels, occlusion_stride, occlusion_stride), baselines=0.0, target=targets,
+        perturbations_per_eval=max(1, perturbations_per_eval // images.shape[0]))
+
+
+def cell_feature_mask(height: int, width: int, cell: int, device: torch.device | str = "cpu") -> Tensor:
+    """[H, W] long: the index ``row // cell * ncols + col // cell`` of the square cell each pixel is in
+    (ncols = ceil(W / cell); the last row and column of cells may be smaller)."""
+    _positive("cell", cell)
+    rows = torch.arange(height, device=device) // cell
+    cols = torch.arange(width, device=device) // cell
+    return rows[:, None] * (-(-width // cell)) + cols[None, :]
+
+
+def _surrogate(explainer, images: Tensor, targets: Tensor, cell: int, samples: int,
+               perturbations_per_eval: int, seed: int) -> Tensor:
+    """captum Lime/KernelShap one image at a time (captum fits one model per image anyway, and on a
+    batch first runs an extra forward of it), reseeded per image, with the cell mask and baseline 0;
+    each cell's coefficient is put on every element (3 channels x pixels) of the cell, as captum does."""
+    _positive("samples", samples)
+    _positive("perturbations_per_eval", perturbations_per_eval)
+    channels, height, width = images.shape[1:]
+    mask = cell_feature_mask(height, width, cell, images.device)
+    maps = []
+    for index in range(images.shape[0]):
+        with seeded_rng(seed, images.device):
+            coefs = explainer.attribute(
+                images[index:index + 1], baselines=0.0, target=targets[index:index + 1],
+                feature_mask=mask[None, None], n_samples=samples,
+                perturbations_per_eval=perturbations_per_eval, return_input_shape=False)
+        maps.append(coefs.reshape(-1).to(images)[mask].expand(channels, height, width))
+    return torch.stack(maps)
+
+
+@register_attribution("kernel_shap", passes="k forward (k = kernel_shap_samples), no backward",
+                      needs=("forward",),
+                      cost=lambda images, options: (options["kernel_shap_samples"] * images, 0))
+def _kernel_shap(net: nn.Module, images: Tensor, targets: Tensor, *, cell: int = 16,
+                 kernel_shap_samples: int = 200, perturbations_per_eval: int = 16, seed: int = 0) -> Tensor:
+    """KernelSHAP (Lundberg & Lee 2017; captum ``KernelShap``): Shapley values of square cells of
+    ``cell`` px (all colour channels of a cell one feature; :func:`cell_feature_mask`), an absent cell
+    set to the baseline 0 (the data set's mean colour); a weighted linear regression on k coalitions
+    sampled with the Shapley kernel (captum's ``SkLearnLinearRegression``; its first two coalitions
+    are all cells and none). Each cell's value is put on every element of the cell (captum's
+    output), so a map's sum is 3 x cell area x the cells' Shapley values.
+
+    Options: ``cell`` = 16 px (a 14 x 14 grid at 224 px; the size of a BagNet-17 patch),
+    ``kernel_shap_samples`` = k = 200 (captum's ``n_samples`` defaults to 25, too few for 196
+    features), ``perturbations_per_eval`` = 16 model inputs per pass (memory only), ``seed`` = 0
+    (coalitions drawn inside :func:`seeded_rng`, reseeded per image).
+    """
+    from captum.attr import KernelShap
+
+    return _surrogate(KernelShap(net), images, targets, cell, kernel_shap_samples, perturbations_per_eval, seed)
+
+
+@register_attribution("lime", passes="k forward (k = lime_samples), no backward", needs=("forward",),
+                      cost=lambda images, options: (options["lime_samples"] * images, 0))
+def _lime(net: nn.Module, images: Tensor, targets: Tensor, *, cell: int = 16, lime_samples: int = 200,
+          perturbations_per_eval: int = 16, seed: int = 0) -> Tensor:
+    """LIME (Ribeiro et al. 2016; captum ``Lime``) on the same cells and baseline as ``kernel_shap``:
+    k coalitions with each cell present with probability 1/2, weighted by captum's default similarity
+    (exponential kernel of the cosine distance between the image and the perturbed image, width
+    1.0), fitted by captum's default interpretable model ``SkLearnLasso(alpha=0.01)``; each cell's
+    coefficient is put on every element of the cell.
+
+    Options: ``cell`` = 16 px, ``lime_samples`` = k = 200 (captum's default 25 is too few for 196
+    cells), ``perturbations_per_eval`` = 16 model inputs per pass (memory only), ``seed`` = 0
+    (reseeded per image, :func:`seeded_rng`). captum's other defaults are kept as they are.
+    """
+    from captum.attr import Lime
+
+    return _surrogate(Lime(net), images, targets, cell, lime_samples, perturbations_per_eval, seed)
+
+
+def gradcam_layer(net: nn.Module, images: Tensor) -> nn.Module:
+    """The "last convolutional block" Grad-CAM uses: one forward of ``images`` (without grad) with
+    hooks, and the module whose forward finishes last among those that contain an ``nn.Conv2d``
+    (themselves or a descendant) and output a 4-D tensor larger than 1 x 1 spatially. torchvision
+    ResNet: ``layer4``; VGG and DenseNet: ``features``; BagNet: ``layer4``. Run it on an eval-mode
+    model (a train-mode forward would update BatchNorm statistics). MethodNotApplicable if none.
+    """
+    with_conv: set[int] = set()
+
+    def mark(module: nn.Module) -> bool:
+        found = isinstance(module, nn.Conv2d)
+        for child in module.children():
+            found = mark(child) or found
+        if found:
+            with_conv.add(id(module))
+        return found
+
+    if not mark(net):
+        raise MethodNotApplicable("grad_cam: the model has no convolution (nn.Conv2d)")
+    finished: list[nn.Module] = []
+
+    def hook(module, _inputs, output):
+        if isinstance(output, Tensor) and output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1:
+            finished.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if id(m) in with_conv]
+    try:
+        with torch.no_grad():
+            net(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not finished:
+        raise MethodNotApplicable(f"grad_cam: no convolutional block outputs a spatial map larger than 1x1 "
+                                  f"at {images.shape[-2]}x{images.shape[-1]} px")
+    return finished[-1]
+
+
+@register_attribution("grad_cam",
+                      passes="1 forward, and one layer-finding pass per call; no backward to the input",
+                      needs=("conv_layer",), cost=lambda images, options: (images + 1, 0))
+def _grad_cam(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """Grad-CAM (Selvaraju et al. 2017; captum ``LayerGradCam`` with ``relu_attributions=True``) of the
+    layer :func:`gradcam_layer` picks (found on the first image: one extra forward per call):
+    relu(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit_t / d A_k, upsampled bilinearly to
+    the input size (captum ``LayerAttribution.interpolate``) and returned as that map / 3 on each
+    colour channel, so the channel sum is the Grad-CAM map. The gradient stops at the layer (no
+    backward to the input). No options.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    layer = gradcam_layer(net, images[:1])
+    cam = LayerGradCam(net, layer).attribute(images, target=targets, relu_attributions=True)
+    channels, height, width = images.shape[1:]
+    cam = LayerAttribution.interpolate(cam, (int(height), int(width)), interpolate_mode="bilinear")
+    return (cam / channels).expand(-1, channels, -1, -1).contiguous()
 
 
 # ---- public entry points -----------------------------------------------------------------------------

@@ -128,6 +128,9 @@ register_profile(Profile(
         "heatmaps": {"num_images": 3, "ig_steps": 8},
         "top_patches": {"num_classes": 2, "k": 7},
         "misclassified": {"num_images": 3},
+        "attribution_truth": {"num_images": 4, "batch_size": 4, "ig_steps": 4, "smoothgrad_samples": 3,
+                              "shap_samples": 3, "kernel_shap_samples": 16, "lime_samples": 16,
+                              "occlusion_stride": 16},
     }),
 ))
 

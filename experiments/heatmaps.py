@@ -151,7 +151,8 @@ def plan(ctx: RunContext) -> list:
     reference = ctx.role(REFERENCE_ROLE)
     work.append(Work(reference, "prediction", count, count))
     for method in ctx.settings.white_box:
-        forward, backward = attribution.get_attribution(method).passes_for(count, ig_steps=ctx.settings.ig_steps)
+        forward, backward = attribution.get_attribution(method).passes_for(count, image_size=ctx.image_size,
+                                                                                    ig_steps=ctx.settings.ig_steps)
         work.append(Work(reference, method, count, forward, backward))
     return work
 

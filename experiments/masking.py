@@ -349,7 +349,7 @@ def plan(ctx: RunContext) -> list:
             if method in settings.white_box:
                 cost = attribution.get_attribution(method)
                 for images in calls:
-                    f, b = cost.passes_for(images, ig_steps=settings.ig_steps)
+                    f, b = cost.passes_for(images, image_size=size, ig_steps=settings.ig_steps)
                     forward, backward = forward + f, backward + b
             elif method != "random":
                 work.append(Work(ctx.role(method), f"heatmaps for {name}", count, count, heatmap=count))

@@ -1,0 +1,442 @@
+"""Attribution methods scored against ground truth: the benchmark the paper proposes (Sec. 5: BagNets
+"can serve as diagnostic tools to benchmark feature attribution techniques since ground-truth
+attributions are directly available").
+
+Every attribution method of the registry (:mod:`bagrepro.attribution`: the paper's four and captum's
+other image methods) runs on every model of the run for the class the model predicts, one map per
+(model, method, image), plus a random map as the floor. Two parts score the maps
+(:mod:`bagrepro.ground_truth` defines each score):
+
+- **Part A, exact truth (BagNets).** On each BagNet, the method's map of that BagNet, pooled onto
+  its patch grid, against its exact patch logits: Spearman rank correlation, overlap of the top 10 %
+  windows, and the deletion curve's area above the exact order's (raw, in logits, and normalised:
+  0 = exact order, 1 = the worst order). All images.
+- **Part B, evidence masks (every model; image sets with masks: the demo world).** Relevance mass
+  accuracy (share of the positive attribution inside the mask), relevance rank accuracy and the
+  pointing game, on the images the model classifies correctly (the mask marks the evidence of the
+  true class, so a map of another class has nothing to find there). The BagNets' exact dense
+  heatmaps of the model's predicted class take part as black-box maps.
+
+Writes ``results/attribution_truth/per_image.csv`` (profile, part, model, role, method, image_id,
+metric, value), ``summary.csv`` (per part, model, method and metric: n_images, the mean with its 95 %
+bootstrap interval over images ``mean_low/high``, and ``note``: why a method could not apply to a
+model, where it could not), ``rankings.csv`` (per part, model and metric, the methods ranked by
+mean, each against the best one: the mean paired difference over images with its interval and
+whether the sample resolves it) and ``examples.npz`` (one image's maps on one BagNet, for the panel).
+
+Units: one per (model, method), resumable and dealt to the ranks under torchrun. Passes per image
+and unit: the predicted class (1 forward), the method's own passes (the registry's cost), on a
+BagNet its exact patch logits (1 forward) and once per unit an all-zero window (1 forward); a
+black-box map is one dense heatmap of its BagNet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bagrepro import attribution
+from bagrepro.errors import ConfigError, MissingRoleError
+from bagrepro.ground_truth import (
+    PART_A_METRICS,
+    PART_B_METRICS,
+    TOP_FRACTION,
+    deletion_gaps,
+    pointing_game,
+    pool_to_patch_grid,
+    relevance_mass,
+    relevance_rank,
+    spearman_rows,
+    top_fraction_overlap,
+)
+from bagrepro.heatmap_cache import cached_heatmaps
+from bagrepro.heatmaps import patch_logits
+from bagrepro.metrics import mean_interval, resolution
+from bagrepro.models import get_spec
+from bagrepro.plan import Work
+from bagrepro.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.profiles import BAGNET_ROLES
+from bagrepro.results import read_csv
+from bagrepro.runner import Experiment, RunContext
+
+RANDOM = "random"
+HIGHER_IS_BETTER = {**PART_A_METRICS, **PART_B_METRICS}
+METRIC_LABELS = {
+    "spearman": "Spearman r with the exact patch logits", "top10_overlap": "top-10 % window overlap",
+    "deletion_gap": "deletion area above the exact order (logits)",
+    "deletion_gap_normalised": "deletion gap (0 exact, 1 worst order)",
+    "relevance_mass": "relevance mass in the evidence mask", "relevance_rank": "relevance rank accuracy",
+    "pointing_game": "pointing game",
+}
+PER_IMAGE_COLUMNS = ["part", "model", "role", "method", "image_id", "metric", "value", "note"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """num_images: images per model (the first of the profile's); methods: the registered attribution
+    methods to score (default: every one, in registration order); black_box: BagNet roles whose
+    exact dense heatmaps enter Part B as black-box maps; random_baseline: score a random map too
+    (the floor every method should beat); top_fraction: the share of windows in the top overlap;
+    batch_size: images per attribution call (memory, not results).
+
+    The method options below are None by default: each method then keeps the default its registry
+    entry documents (the values its paper or captum recommends); a profile lowers them to fit its
+    time budget. ig_steps: Integrated Gradients' steps; smoothgrad_samples, shap_samples,
+    kernel_shap_samples, lime_samples: samples of SmoothGrad, Gradient SHAP, Kernel SHAP, LIME;
+    occlusion_window, occlusion_stride: Occlusion's square (px) and its stride; cell: the side (px)
+    of the square cells Kernel SHAP and LIME switch on and off; perturbations_per_eval: perturbed
+    inputs per forward pass of Occlusion, Kernel SHAP and LIME (memory and speed, not results)."""
+
+    num_images: int = 100
+    methods: tuple[str, ...] = attribution.attribution_methods()
+    black_box: tuple[str, ...] = BAGNET_ROLES
+    random_baseline: bool = True
+    top_fraction: float = TOP_FRACTION
+    batch_size: int = 8
+    ig_steps: int | None = None
+    smoothgrad_samples: int | None = None
+    shap_samples: int | None = None
+    kernel_shap_samples: int | None = None
+    lime_samples: int | None = None
+    occlusion_window: int | None = None
+    occlusion_stride: int | None = None
+    cell: int | None = None
+    perturbations_per_eval: int | None = None
+
+    def __post_init__(self):
+        for method in self.methods:
+            attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
+        if not 0 < self.top_fraction <= 1:
+            raise ConfigError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
+        known = {option for method in attribution.attribution_methods()
+                 for option, _ in attribution.get_attribution(method).options}
+        unknown = sorted(set(self.method_options()) - known)
+        if unknown:
+            raise ConfigError(f"no registered attribution method takes option(s) {', '.join(unknown)}")
+
+    def method_options(self) -> dict[str, int]:
+        """The options set here (not None), by the registry's option names."""
+        return {field.name: getattr(self, field.name) for field in fields(self)
+                if field.name in OPTION_FIELDS and getattr(self, field.name) is not None}
+
+
+OPTION_FIELDS = ("ig_steps", "smoothgrad_samples", "shap_samples", "kernel_shap_samples", "lime_samples",
+                 "occlusion_window", "occlusion_stride", "cell", "perturbations_per_eval")
+
+
+def has_masks(ctx: RunContext) -> bool:
+    return getattr(ctx.images(), "masks", None) is not None
+
+
+def black_box_roles(ctx: RunContext, settings: Settings) -> list[str]:
+    """The black-box BagNet roles of Part B present in this run (none without evidence masks)."""
+    return ctx.present_roles(settings.black_box) if has_masks(ctx) else []
+
+
+def unit_plan(ctx: RunContext, settings: Settings) -> dict[str, tuple[str, str]]:
+    """unit key -> (model, method): every method on every model where Part A (a BagNet, a white-box
+    or random map) or Part B (evidence masks) applies."""
+    masks = has_masks(ctx)
+    methods = list(settings.methods) + black_box_roles(ctx, settings) + ([RANDOM] if settings.random_baseline else [])
+    units = {}
+    for name in ctx.model_names:
+        for method in methods:
+            part_a = get_spec(name).is_bagnet and method not in settings.black_box
+            if part_a or masks:
+                units[f"{name}__{method}"] = (name, method)
+    return units
+
+
+def method_maps(ctx: RunContext, name: str, method: str, settings: Settings, inputs: torch.Tensor,
+                images: torch.Tensor, ids: list[str], predicted: torch.Tensor, first_index: int) -> torch.Tensor:
+    """Pixel maps [B, H, W] of ``method`` for the predicted classes of model ``name``: a registered
+    method (summed over channels), a BagNet role's exact dense heatmap (from the heatmap cache: the
+    models mostly predict the same classes, so most are computed once for all of them), or uniform
+    noise (seeded by the image's index)."""
+    if method == RANDOM:
+        generator = torch.Generator().manual_seed(first_index)
+        return torch.rand(images.shape[0], *images.shape[-2:], generator=generator).to(inputs.device)
+    if method in settings.black_box:
+        return cached_heatmaps(ctx.inference_model(ctx.role(method)), images, ids, predicted).to(inputs.device)
+    with torch.enable_grad():
+        maps = attribution.attribute(ctx.model(name), inputs, predicted, method, **settings.method_options())
+    return maps.sum(1)
+
+
+def _rows(part: str, metrics: dict[str, torch.Tensor], ids: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([{"part": part, "image_id": image_id, "metric": metric, "value": float(values[i])}
+                         for metric, values in metrics.items() for i, image_id in enumerate(ids)])
+
+
+def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, examples: dict) -> pd.DataFrame:
+    """Per-image scores of one (model, method) unit (Part A on a BagNet, Part B where the images have
+    masks); a method that cannot apply to the model gives one row per part saying why (``note``)."""
+    spec = get_spec(name)
+    part_a = spec.is_bagnet and method not in settings.black_box
+    part_b = has_masks(ctx)
+    model, forward = ctx.model(name), ctx.inference_model(name)
+    images = ctx.images()
+    count = min(settings.num_images, len(images))
+    subset = images.subset(range(count))
+    masks = subset.masks if part_b else None
+    deleted = None
+    if part_a:  # the patch logit of an all-zero (mean-colour) window, every class: [K]
+        q = spec.receptive_field
+        zero_window = torch.zeros(1, 3, q, q, device=ctx.device)
+        deleted = patch_logits(model, zero_window)[0, :, 0, 0]
+    frames, done = [], 0
+    for batch, labels, ids in ctx.progress(subset.batches(settings.batch_size), desc=f"{name} {method}", unit="batch"):
+        batch = batch.to(ctx.device)
+        inputs = model.zoo_spec.preprocess.normalize(batch)
+        with torch.inference_mode():
+            predicted = forward(inputs).argmax(1)
+        try:
+            maps = method_maps(ctx, name, method, settings, inputs, batch, ids, predicted, done)
+        except attribution.MethodNotApplicable as error:
+            parts = ["A"] * part_a + ["B"] * part_b
+            return pd.DataFrame([{"part": part, "image_id": "", "metric": "", "value": math.nan, "note": str(error)}
+                                 for part in parts])
+        maps = maps.detach().float()
+        if part_a:
+            truth = patch_logits(model, inputs, targets=predicted)[:, 0]  # [B, rows, cols]
+            pooled = pool_to_patch_grid(maps, spec.receptive_field)
+            gap, normalised = deletion_gaps(pooled, truth, deleted[predicted])
+            frames.append(_rows("A", {"spearman": spearman_rows(pooled, truth),
+                                      "top10_overlap": top_fraction_overlap(pooled, truth, settings.top_fraction),
+                                      "deletion_gap": gap, "deletion_gap_normalised": normalised}, ids))
+            if done == 0:
+                examples.update({"image": batch[0].cpu().numpy(), "exact": truth[0].cpu().numpy(),
+                                 f"map/{method}": maps[0].cpu().numpy(), f"pooled/{method}": pooled[0].cpu().numpy()})
+        if part_b:
+            correct = (predicted == labels.to(predicted.device)).cpu()
+            if correct.any():
+                kept = [image_id for image_id, keep in zip(ids, correct.tolist()) if keep]
+                shown, truth_masks = maps.cpu()[correct], masks[done:done + len(ids)][correct]
+                frames.append(_rows("B", {"relevance_mass": relevance_mass(shown, truth_masks),
+                                          "relevance_rank": relevance_rank(shown, truth_masks),
+                                          "pointing_game": pointing_game(shown, truth_masks)}, kept))
+        done += len(ids)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["part", "image_id", "metric", "value"])
+    frame["note"] = ""
+    return frame
+
+
+def _text(column: pd.Series) -> pd.Series:
+    """A text column with '' for missing values (a CSV reads an all-empty column back as NaN floats)."""
+    return column.astype(object).where(column.notna(), "")
+
+
+def summary(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Mean per (part, model, role, method, metric) with its 95 % bootstrap interval over images;
+    n_images counts the images with a value (NaN: an empty mask, a map without positive values);
+    a (model, method) a method could not apply to keeps its row with ``note`` and NaN numbers."""
+    keys = ["part", "model", "role", "method", "metric"]
+    rows = []
+    for key, group in per_image.groupby(keys, sort=False, dropna=False):
+        values = group["value"].to_numpy(dtype=np.float64)
+        values = values[~np.isnan(values)]
+        low, high = mean_interval(values) if len(values) else (math.nan, math.nan)
+        note = "; ".join(sorted(set(_text(group["note"])) - {""}))
+        rows.append({**dict(zip(keys, key)), "n_images": len(values), "mean": values.mean() if len(values) else math.nan,
+                     "mean_low": low, "mean_high": high, "note": note})
+    return pd.DataFrame(rows, columns=[*keys, "n_images", "mean", "mean_low", "mean_high", "note"])
+
+
+def rankings(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per (part, model, metric): the methods ranked by mean (best first: highest, or lowest for the
+    deletion gaps), each against the best: the mean paired difference over the images both have
+    (method - best, so <= 0 where higher is better), its 95 % bootstrap interval and ``resolved``
+    ('not resolved': the sample cannot tell the method from the best)."""
+    scored = per_image[per_image["metric"] != ""]
+    rows = []
+    for (part, model, role, metric), group in scored.groupby(["part", "model", "role", "metric"], sort=False, dropna=False):
+        table = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first")  # [images, methods]
+        means = table.mean().dropna()
+        if means.empty:
+            continue
+        higher = HIGHER_IS_BETTER[metric]
+        order = means.sort_values(ascending=not higher)
+        best = order.index[0]
+        for rank, (method, mean) in enumerate(order.items(), start=1):
+            pair = table[[method, best]].dropna().to_numpy()
+            differences = pair[:, 0] - pair[:, 1]
+            low, high = (math.nan, math.nan) if method == best else mean_interval(differences)
+            rows.append({"part": part, "model": model, "role": role, "metric": metric, "rank": rank, "method": method,
+                         "mean": mean, "best": best, "minus_best": differences.mean() if len(differences) else math.nan,
+                         "minus_best_low": low, "minus_best_high": high,
+                         "resolved": "" if method == best else resolution(low, high)})
+    return pd.DataFrame(rows)
+
+
+def run(ctx: RunContext) -> None:
+    settings = ctx.settings
+    if not has_masks(ctx):
+        ctx.say(f"[{ctx.name}] these images carry no evidence masks: Part B is not measurable here (Part A only)")
+    units = unit_plan(ctx, settings)
+    if not units:
+        raise MissingRoleError("no BagNet in this run and no evidence masks: nothing to score")
+    store = ctx.units(settings)
+    panel_model = example_model(ctx)
+
+    def compute(unit: str) -> pd.DataFrame:
+        name, method = units[unit]
+        examples: dict[str, np.ndarray] = {}
+        frame = unit_frame(ctx, name, method, settings, examples)
+        frame.insert(1, "model", name)
+        frame.insert(2, "role", ctx.profile.role_of(name))
+        frame.insert(3, "method", method)
+        if name == panel_model:
+            store.save_arrays(unit, {key: value.astype(np.float32) for key, value in examples.items()})
+        return frame
+
+    frames = ctx.map_units(store, list(units), compute)
+    per_image = pd.concat(frames.values(), ignore_index=True)
+    per_image.insert(0, "profile", ctx.profile.name)
+    per_image["note"] = _text(per_image["note"])
+    ctx.write_csv(per_image[["profile", *PER_IMAGE_COLUMNS]], "per_image.csv")
+    ctx.write_csv(summary(per_image), "summary.csv")
+    ctx.write_csv(rankings(per_image), "rankings.csv")
+    examples = {}
+    for unit, (name, _) in units.items():
+        if name == panel_model:
+            examples.update(store.load_arrays(unit))
+    if examples:
+        ctx.write_npz(examples, "examples.npz")
+
+
+def example_model(ctx: RunContext) -> str | None:
+    """The BagNet whose maps of the first image form the example panel: the widest q in the run."""
+    bagnets = [name for name in ctx.model_names if get_spec(name).is_bagnet]
+    return max(bagnets, key=lambda name: get_spec(name).receptive_field) if bagnets else None
+
+
+# ---- figures (CSVs and the examples file only) ---------------------------------------------------
+
+def _ranking_axes(ax, table: pd.DataFrame, metric: str, hue: str) -> None:
+    """One metric: a row per method (best mean on top), a point with its 95 % interval per ``hue``."""
+    methods = (table.groupby("method")["mean"].mean()
+               .sort_values(ascending=HIGHER_IS_BETTER[metric]).index.tolist())  # best at the top
+    groups = list(dict.fromkeys(table[hue]))
+    offsets = np.linspace(-0.3, 0.3, len(groups)) if len(groups) > 1 else np.zeros(1)
+    for offset, group in zip(offsets, groups):
+        rows = table[table[hue] == group].set_index("method").reindex(methods)
+        y = np.arange(len(methods)) + offset
+        error = np.nan_to_num(np.clip(np.stack([rows["mean"] - rows["mean_low"], rows["mean_high"] - rows["mean"]]),
+                                      0, None))
+        ax.errorbar(rows["mean"], y, xerr=error, fmt="o", ms=3, lw=0.8, capsize=1.5, label=group)
+    ax.set_yticks(np.arange(len(methods)), methods, fontsize=7)
+    ax.set_title(METRIC_LABELS[metric], fontsize=8)
+    ax.grid(axis="x", lw=0.3)
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Methods ranked per metric with 95 % intervals: Part A (one point per BagNet), Part B (one point
+    per model); and the example panel (image, exact patch logits, each method's map and its pooling)."""
+    table = read_csv(results_dir / "summary.csv")
+    table = table[table["n_images"] > 0]
+    paths = []
+    for part, metrics, hue, title in (
+            ("A", PART_A_METRICS, "model", "Part A: methods on each BagNet against its exact patch logits"),
+            ("B", PART_B_METRICS, "model", "Part B: maps against the demo world's evidence masks (correct images)")):
+        rows = table[table["part"] == part]
+        if rows.empty:
+            continue
+        present = [metric for metric in metrics if metric in set(rows["metric"])]
+        fig, axes = new_figure(1, len(present), figsize=(3.3 * len(present), 0.25 * rows["method"].nunique() + 1.6),
+                               squeeze=False)
+        for ax, metric in zip(axes[0], present):
+            _ranking_axes(ax, rows[rows["metric"] == metric], metric, hue)
+        axes[0][-1].legend(fontsize=6, loc="best")
+        fig.suptitle(f"{title} (mean, 95 % bootstrap interval over images; best on top)", fontsize=9)
+        paths += save_figure(fig, figures_dir / f"part{part.lower()}_ranking")
+    examples_path = results_dir / "examples.npz"
+    if examples_path.is_file():
+        paths += _example_panel(np.load(examples_path), figures_dir)
+    return paths
+
+
+def _example_panel(examples, figures_dir: Path) -> list[Path]:
+    methods = [key.split("/", 1)[1] for key in examples.files if key.startswith("map/")]
+    image = examples["image"].astype(np.float32)
+    columns = len(methods) + 1
+    fig, axes = new_figure(2, columns, figsize=(1.25 * columns, 2.8), squeeze=False)
+    axes[0][0].imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+    axes[0][0].set_title("image", fontsize=6)
+    # the bottom row shows orders (what the scores compare): each grid on its own scale
+    axes[1][0].imshow(examples["exact"], cmap="viridis")
+    axes[1][0].set_title("exact patch logits", fontsize=6)
+    for column, method in enumerate(methods, start=1):
+        draw_heatmap(axes[0][column], examples[f"map/{method}"], image, title=method)
+        axes[1][column].imshow(examples[f"pooled/{method}"], cmap="viridis")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax in axes[0]:
+        ax.title.set_fontsize(6)
+    fig.suptitle("One image on the widest BagNet: each method's map (top) and pooled onto the patch grid (bottom)",
+                 fontsize=8)
+    return save_figure(fig, figures_dir / "example_panel", tight=False)
+
+
+def report_table(results_dir: Path) -> pd.DataFrame:
+    """The methods ranked per part, model and metric (mean [95 % interval]), each against the best:
+    the paired difference and whether the sample resolves it; methods that could not apply, with why."""
+    ranked = read_csv(results_dir / "rankings.csv")
+    table = ranked[["part", "model", "metric", "rank", "method"]].copy()
+    table["ours"] = ranked["mean"]
+    summary_table = read_csv(results_dir / "summary.csv").set_index(["part", "model", "method", "metric"])
+    index = list(zip(ranked["part"], ranked["model"], ranked["method"], ranked["metric"]))
+    table["ours_low"] = summary_table["mean_low"].reindex(index).to_numpy()
+    table["ours_high"] = summary_table["mean_high"].reindex(index).to_numpy()
+    table["minus_best"] = ranked["minus_best"]
+    table["minus_best_interval"] = [
+        "" if pd.isna(low) else f"[{low:.3f}, {high:.3f}]" for low, high in zip(ranked["minus_best_low"], ranked["minus_best_high"])]
+    table["vs_best"] = ranked["resolved"].fillna("").replace({"below": "worse (resolved)", "above": "better (resolved)"})
+    lower_better = table["metric"].map(lambda metric: not HIGHER_IS_BETTER[metric])
+    flip = {"worse (resolved)": "better (resolved)", "better (resolved)": "worse (resolved)"}
+    table.loc[lower_better, "vs_best"] = table.loc[lower_better, "vs_best"].replace(flip)
+    notes = summary_table.reset_index()
+    notes = notes[_text(notes["note"]) != ""]
+    if not notes.empty:
+        extra = notes[["part", "model", "metric", "method"]].copy()
+        extra["vs_best"] = "not applicable: " + notes["note"]
+        table = pd.concat([table, extra], ignore_index=True)
+    return table
+
+
+# ---- --plan ----------------------------------------------------------------------------------------
+
+def plan(ctx: RunContext) -> list:
+    """--plan: per (model, method) unit, the predicted class, the method's passes (registry cost per
+    call of ``batch_size`` images), a black-box map's dense heatmap on its BagNet (an upper bound: the
+    heatmap cache serves an (image, class) another unit or experiment computed), and on a BagNet its
+    exact patch logits plus one all-zero window."""
+    settings = ctx.settings
+    count = min(settings.num_images, len(ctx.images()))
+    calls = [min(settings.batch_size, count - start) for start in range(0, count, settings.batch_size)]
+    work = []
+    for unit, (name, method) in unit_plan(ctx, settings).items():
+        forward, backward = count, 0
+        if method in settings.black_box:
+            work.append(Work(ctx.role(method), f"black-box maps for {name}", count, count, heatmap=count))
+        elif method != RANDOM:
+            cost = attribution.get_attribution(method)
+            for images in calls:
+                f, b = cost.passes_for(images, image_size=ctx.image_size, **settings.method_options())
+                forward, backward = forward + f, backward + b
+        if get_spec(name).is_bagnet and method not in settings.black_box:
+            forward += count + 1  # exact patch logits, and the all-zero window
+        work.append(Work(name, f"attribution truth, {method}", count, forward, backward))
+    return work
+
+
+EXPERIMENT = Experiment(
+    name="attribution_truth", title="attribution methods against exact ground truth", paper_ref="Sec. 5 (proposed)",
+    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
+    question="Which attribution methods find the evidence a model really uses: a BagNet's exact patch logits "
+             "(Part A) and the demo world's evidence masks (Part B)?",
+)
