@@ -134,8 +134,11 @@ def has_masks(ctx: RunContext) -> bool:
 
 
 def black_box_roles(ctx: RunContext, settings: Settings) -> list[str]:
-    """The black-box BagNet roles of Part B present in this run (none without evidence masks)."""
-    return ctx.present_roles(settings.black_box) if has_masks(ctx) else []
+    """The black-box BagNet roles of Part B whose stand-in is one of this run's models (none without
+    evidence masks)."""
+    if not has_masks(ctx):
+        return []
+    return [role for role in ctx.present_roles(settings.black_box) if ctx.role(role) in ctx.model_names]
 
 
 def unit_plan(ctx: RunContext, settings: Settings) -> dict[str, tuple[str, str]]:

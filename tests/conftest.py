@@ -24,3 +24,20 @@ def fixed_seed():
 
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """The demo profile on the first world's 73 px geometry (guard 17) and one-epoch recipes: the
+    suite trains this tiny zoo in seconds. Returns the world's config."""
+    import dataclasses
+
+    from bagrepro.demo import store, zoo
+
+    world = dataclasses.replace(store.DEMO_WORLD, image_size=73, guard=17, distractor_shapes=7, distractor_dots=4,
+                                train_per_class=4, val_per_class=1, test_per_class=2)
+    monkeypatch.setattr(store, "DEMO_WORLD", world)
+    for name, entry in zoo.DEMO_ZOO.items():
+        recipe = dataclasses.replace(entry.recipe, epochs=1, bn_recalibration_images=16)
+        monkeypatch.setitem(zoo.DEMO_ZOO, name, dataclasses.replace(entry, recipe=recipe))
+    return world

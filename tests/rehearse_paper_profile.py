@@ -38,6 +38,8 @@ TINY_SETTINGS = {
     "heatmaps": {"num_images": 1, "ig_steps": 2},
     "top_patches": {"num_classes": 1, "k": 2},
     "misclassified": {"num_images": 1},
+    "attribution_truth": {"num_images": 1, "batch_size": 1, "ig_steps": 2, "smoothgrad_samples": 2, "shap_samples": 2,
+                          "kernel_shap_samples": 8, "lime_samples": 8, "occlusion_window": 56, "occlusion_stride": 56},
 }
 
 

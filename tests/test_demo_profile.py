@@ -10,22 +10,10 @@ import pandas as pd
 import pytest
 
 import run_all
-from bagrepro.demo import DEMO_ROLES, store, training, zoo
+from bagrepro.demo import DEMO_ROLES, training, zoo
 from bagrepro.profiles import PROFILES, stand_ins
 
 MODELS = ["demo_bagnet9", "demo_resnet50"]
-
-
-@pytest.fixture
-def tiny_demo(monkeypatch):
-    # the first world's 73 px geometry (guard 17): the suite trains this tiny zoo in seconds
-    world = dataclasses.replace(store.DEMO_WORLD, image_size=73, guard=17, distractor_shapes=7, distractor_dots=4,
-                                train_per_class=4, val_per_class=1, test_per_class=2)
-    monkeypatch.setattr(store, "DEMO_WORLD", world)
-    for name, entry in zoo.DEMO_ZOO.items():
-        recipe = dataclasses.replace(entry.recipe, epochs=1, bn_recalibration_images=16)
-        monkeypatch.setitem(zoo.DEMO_ZOO, name, dataclasses.replace(entry, recipe=recipe))
-    return world
 
 
 def test_demo_is_the_default_profile():

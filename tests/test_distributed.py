@@ -14,9 +14,9 @@ from bagrepro.errors import DataError
 from bagrepro.results import UnitStore, read_unit_frames
 
 REPO = Path(__file__).resolve().parents[1]
-# sharded: accuracy, masking, scrambling (textures made on rank 0 first), top_patches;
+# sharded: accuracy, masking, scrambling (textures made on rank 0 first), top_patches, attribution_truth;
 # rank 0 alone: error_distribution (which reads the accuracy units outside a sharded stage)
-EXPERIMENTS = ("accuracy", "masking", "scrambling", "top_patches", "error_distribution")
+EXPERIMENTS = ("accuracy", "masking", "scrambling", "top_patches", "error_distribution", "attribution_truth")
 
 
 def _run(prefix: list[str], out: Path, experiments=EXPERIMENTS, extra=()) -> subprocess.CompletedProcess:
