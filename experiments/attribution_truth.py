@@ -385,30 +385,41 @@ def _example_panel(examples, figures_dir: Path) -> list[Path]:
     return save_figure(fig, figures_dir / "example_panel", tight=False)
 
 
+#: the scores the report shows (the raw deletion gap, in logits, stays in the CSVs: its scale differs per model)
+REPORT_METRICS = ("spearman", "top10_overlap", "deletion_gap_normalised", "relevance_mass", "relevance_rank",
+                  "pointing_game")
+
+
 def report_table(results_dir: Path) -> pd.DataFrame:
-    """The methods ranked per part, model and metric (mean [95 % interval]), each against the best:
-    the paired difference and whether the sample resolves it; methods that could not apply, with why."""
+    """The methods ranked per part and score (by their mean over the models, best first), a column per
+    model: mean [95 % interval], then 'best', '~ best' where the sample cannot tell the method from
+    that model's best (the paired difference's interval holds 0), nothing where it resolves the method
+    as worse; 'not applicable' where the method could not apply (its reason in summary.csv)."""
     ranked = read_csv(results_dir / "rankings.csv")
-    table = ranked[["part", "model", "metric", "rank", "method"]].copy()
-    table["ours"] = ranked["mean"]
-    summary_table = read_csv(results_dir / "summary.csv").set_index(["part", "model", "method", "metric"])
-    index = list(zip(ranked["part"], ranked["model"], ranked["method"], ranked["metric"]))
-    table["ours_low"] = summary_table["mean_low"].reindex(index).to_numpy()
-    table["ours_high"] = summary_table["mean_high"].reindex(index).to_numpy()
-    table["minus_best"] = ranked["minus_best"]
-    table["minus_best_interval"] = [
-        "" if pd.isna(low) else f"[{low:.3f}, {high:.3f}]" for low, high in zip(ranked["minus_best_low"], ranked["minus_best_high"])]
-    table["vs_best"] = ranked["resolved"].fillna("").replace({"below": "worse (resolved)", "above": "better (resolved)"})
-    lower_better = table["metric"].map(lambda metric: not HIGHER_IS_BETTER[metric])
-    flip = {"worse (resolved)": "better (resolved)", "better (resolved)": "worse (resolved)"}
-    table.loc[lower_better, "vs_best"] = table.loc[lower_better, "vs_best"].replace(flip)
-    notes = summary_table.reset_index()
-    notes = notes[_text(notes["note"]) != ""]
-    if not notes.empty:
-        extra = notes[["part", "model", "metric", "method"]].copy()
-        extra["vs_best"] = "not applicable: " + notes["note"]
-        table = pd.concat([table, extra], ignore_index=True)
-    return table
+    summary_table = read_csv(results_dir / "summary.csv")
+    models = list(dict.fromkeys(summary_table["model"]))
+    verdict = {(row.part, row.model, row.metric, row.method): "best" if row.rank == 1 else
+               "~ best" if row.resolved == "not resolved" else "" for row in ranked.itertuples()}
+    rows = []
+    for (part, metric), group in summary_table.groupby(["part", "metric"], sort=False):
+        if metric not in REPORT_METRICS:
+            continue
+        order = group.groupby("method", sort=False)["mean"].mean().sort_values(ascending=not HIGHER_IS_BETTER[metric])
+        for method in order.index:
+            row = {"part": part, "score": metric, "method": method}
+            for model in models:
+                found = group[(group["model"] == model) & (group["method"] == method)]
+                if found.empty:
+                    row[model] = ""
+                elif _text(found["note"]).iloc[0]:
+                    row[model] = "not applicable"
+                else:
+                    item = found.iloc[0]
+                    mark = verdict.get((part, model, metric, method), "")
+                    row[model] = (f"{item['mean']:.2f} [{item['mean_low']:.2f}, {item['mean_high']:.2f}]"
+                                  f"{' ' + mark if mark else ''}")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["part", "score", "method", *models])
 
 
 # ---- --plan ----------------------------------------------------------------------------------------
