@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """bagrepro: reproduce Brendel & Bethge (ICLR 2019) end to end.
 
-    python run_all.py                                   # the default profile, every experiment
+    python run_all.py                                   # the default profile, every experiment of the paper
+    python run_all.py --experiment all                  # ... and the extensions (the attribution benchmark)
     python run_all.py --profile smoke --experiment accuracy
     python run_all.py --profile paper --data /data/imagenet/val --experiment masking
     python run_all.py --figures-only                    # figures from existing CSVs
@@ -37,7 +38,8 @@ DEFAULT_PROFILE = "demo"
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", dest="experiments", action="append", default=[], metavar="NAME",
-                        help="experiment to run (repeatable; 'all' is the default)")
+                        help="experiment to run (repeatable); without it, the paper's experiments; 'all': every "
+                             "experiment, the extensions beyond the paper too (attribution_truth)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="zoo names or globs (default: the profile's)")
     parser.add_argument("--register-models", action="append", default=[], metavar="FILE.py",
@@ -146,7 +148,8 @@ def list_everything(recipe_pairs: list[str] | None = None) -> None:
         activate(profile)  # plugins register their models
     print("experiments:")
     for experiment in discover_experiments().values():
-        print(f"  {experiment.name:<20} {experiment.paper_ref:<16} {experiment.title}")
+        extension = "" if experiment.in_default_run else " (extension: runs when named or with --experiment all)"
+        print(f"  {experiment.name:<20} {experiment.paper_ref:<16} {experiment.title}{extension}")
     print("profiles:")
     for profile in PROFILES.values():
         default = " (default)" if profile.name == DEFAULT_PROFILE else ""

@@ -312,3 +312,14 @@ def test_plan_with_force_plans_everything_and_deletes_nothing(tmp_path, capsys):
     assert run_cli(tmp_path, "--profile", "smoke", "--experiment", "accuracy", "--plan", "--force") == 0
     assert "clean predictions" in capsys.readouterr().out  # --force would recompute them ...
     assert sorted((tmp_path / "results" / "accuracy" / ".units").rglob("*.csv")) == units  # ... --plan did not
+
+
+def test_a_plain_run_selects_the_papers_experiments_and_all_adds_the_extensions():
+    from bagrepro.runner import discover_experiments, select_experiments
+
+    registry = discover_experiments()
+    extensions = {name for name, experiment in registry.items() if not experiment.in_default_run}
+    assert "attribution_truth" in extensions and "masking" not in extensions
+    assert {e.name for e in select_experiments([])} == set(registry) - extensions
+    assert {e.name for e in select_experiments(["all"])} == set(registry)
+    assert [e.name for e in select_experiments(["attribution_truth"])] == ["attribution_truth"]
