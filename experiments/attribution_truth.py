@@ -200,10 +200,10 @@ def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, exam
             predicted = forward(inputs).argmax(1)
         try:
             maps = method_maps(ctx, name, method, settings, inputs, batch, ids, predicted, done)
-        except attribution.MethodNotApplicable as error:
-            parts = ["A"] * part_a + ["B"] * part_b
-            return pd.DataFrame([{"part": part, "image_id": "", "metric": "", "value": math.nan, "note": str(error)}
-                                 for part in parts])
+        except attribution.MethodNotApplicable as error:  # a row per score of each part, saying why
+            scores = {"A": PART_A_METRICS if part_a else {}, "B": PART_B_METRICS if part_b else {}}
+            return pd.DataFrame([{"part": part, "image_id": "", "metric": metric, "value": math.nan,
+                                  "note": str(error)} for part, metrics in scores.items() for metric in metrics])
         maps = maps.detach().float()
         if part_a:
             truth = patch_logits(model, inputs, targets=predicted)[:, 0]  # [B, rows, cols]
@@ -255,7 +255,7 @@ def rankings(per_image: pd.DataFrame) -> pd.DataFrame:
     deletion gaps), each against the best: the mean paired difference over the images both have
     (method - best, so <= 0 where higher is better), its 95 % bootstrap interval and ``resolved``
     ('not resolved': the sample cannot tell the method from the best)."""
-    scored = per_image[per_image["metric"] != ""]
+    scored = per_image[per_image["value"].notna()]
     rows = []
     for (part, model, role, metric), group in scored.groupby(["part", "model", "role", "metric"], sort=False, dropna=False):
         table = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first")  # [images, methods]
@@ -416,8 +416,9 @@ def report_table(results_dir: Path) -> pd.DataFrame:
                 else:
                     item = found.iloc[0]
                     mark = verdict.get((part, model, metric, method), "")
-                    row[model] = (f"{item['mean']:.2f} [{item['mean_low']:.2f}, {item['mean_high']:.2f}]"
-                                  f"{' ' + mark if mark else ''}")
+                    interval = (f"[{item['mean_low']:.2f}, {item['mean_high']:.2f}]" if pd.notna(item["mean_low"])
+                                else f"(n = {item['n_images']})")  # one image: no interval
+                    row[model] = f"{item['mean']:.2f} {interval}{' ' + mark if mark else ''}"
             rows.append(row)
     return pd.DataFrame(rows, columns=["part", "score", "method", *models])
 

@@ -17,7 +17,6 @@ from bagrepro.heatmaps import dense_heatmaps
 from bagrepro.masking import grid_shape, masking_curves, ranks_from_scores
 from bagrepro.models import create_model
 from bagrepro.models.fast import fuse_for_inference, with_precision
-from tests.test_demo_profile import tiny_demo  # noqa: F401  (fixture)
 
 #: what bf16 may change, on a demo model's probabilities (bfloat16 keeps 8 bits of mantissa: logits
 #: move by about 1 %); measured on the tiny demo zoo: well inside
