@@ -79,7 +79,8 @@ PER_IMAGE_COLUMNS = ["part", "model", "role", "method", "image_id", "metric", "v
 @dataclass(frozen=True)
 class Settings:
     """num_images: images per model (the first of the profile's); methods: the registered attribution
-    methods to score (default: every one, in registration order); black_box: BagNet roles whose
+    methods to score (default: every one, in registration order); left_out: of those, the ones not
+    run (a profile's time budget: a method registered later still runs there); black_box: BagNet roles whose
     exact dense heatmaps enter Part B as black-box maps; random_baseline: score a random map too
     (the floor every method should beat); top_fraction: the share of windows in the top overlap;
     batch_size: images per attribution call (memory, not results).
@@ -94,6 +95,7 @@ class Settings:
 
     num_images: int = 100
     methods: tuple[str, ...] = attribution.attribution_methods()
+    left_out: tuple[str, ...] = ()
     black_box: tuple[str, ...] = BAGNET_ROLES
     random_baseline: bool = True
     top_fraction: float = TOP_FRACTION
@@ -109,7 +111,7 @@ class Settings:
     perturbations_per_eval: int | None = None
 
     def __post_init__(self):
-        for method in self.methods:
+        for method in (*self.methods, *self.left_out):
             attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
         if not 0 < self.top_fraction <= 1:
             raise ConfigError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
@@ -118,6 +120,10 @@ class Settings:
         unknown = sorted(set(self.method_options()) - known)
         if unknown:
             raise ConfigError(f"no registered attribution method takes option(s) {', '.join(unknown)}")
+
+    def scored_methods(self) -> list[str]:
+        """The registered methods this run scores: ``methods`` but ``left_out``."""
+        return [method for method in self.methods if method not in self.left_out]
 
     def method_options(self) -> dict[str, int]:
         """The options set here (not None), by the registry's option names."""
@@ -145,7 +151,7 @@ def unit_plan(ctx: RunContext, settings: Settings) -> dict[str, tuple[str, str]]
     """unit key -> (model, method): every method on every model where Part A (a BagNet, a white-box
     or random map) or Part B (evidence masks) applies."""
     masks = has_masks(ctx)
-    methods = list(settings.methods) + black_box_roles(ctx, settings) + ([RANDOM] if settings.random_baseline else [])
+    methods = settings.scored_methods() + black_box_roles(ctx, settings) + ([RANDOM] if settings.random_baseline else [])
     units = {}
     for name in ctx.model_names:
         for method in methods:
