@@ -18,7 +18,8 @@ other image methods) runs on every model of the run for the class the model pred
   heatmaps of the model's predicted class take part as black-box maps.
 
 Writes ``results/attribution_truth/per_image.csv`` (profile, part, model, role, method, image_id,
-metric, value), ``summary.csv`` (per part, model, method and metric: n_images, the mean with its 95 %
+metric, value, note: a method that could not apply leaves one row per score with the reason and no
+value), ``summary.csv`` (per part, model, method and metric: n_images, the mean with its 95 %
 bootstrap interval over images ``mean_low/high``, and ``note``: why a method could not apply to a
 model, where it could not), ``rankings.csv`` (per part, model and metric, the methods ranked by
 mean, each against the best one: the mean paired difference over images with its interval and
@@ -28,6 +29,9 @@ Units: one per (model, method), resumable and dealt to the ranks under torchrun.
 and unit: the predicted class (1 forward), the method's own passes (the registry's cost), on a
 BagNet its exact patch logits (1 forward) and once per unit an all-zero window (1 forward); a
 black-box map is one dense heatmap of its BagNet.
+
+An extension beyond the paper's figures: it runs when named (``--experiment attribution_truth``) or
+with ``--experiment all``, not in a plain run (``Experiment.in_default_run``).
 """
 
 from __future__ import annotations
