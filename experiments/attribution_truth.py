@@ -26,9 +26,11 @@ mean, each against the best one: the mean paired difference over images with its
 whether the sample resolves it) and ``examples.npz`` (one image's maps on one BagNet, for the panel).
 
 Units: one per (model, method), resumable and dealt to the ranks under torchrun. Passes per image
-and unit: the predicted class (1 forward), the method's own passes (the registry's cost), on a
-BagNet its exact patch logits (1 forward) and once per unit an all-zero window (1 forward); a
-black-box map is one dense heatmap of its BagNet.
+and unit: the method's own passes (the registry's cost), on a BagNet its exact patch logits (1
+forward) and once per unit an all-zero window (1 forward); a black-box map is one dense heatmap of its
+BagNet. The predicted class of every image is the shared clean prediction
+(:func:`bagrepro.predictions.clean_predictions`, as the accuracy experiment writes it), computed once
+per model and run, not once per unit.
 
 An extension beyond the paper's figures: it runs when named (``--experiment attribution_truth``) or
 with ``--experiment all``, not in a plain run (``Experiment.in_default_run``).
@@ -63,7 +65,8 @@ from bagrepro.heatmaps import patch_logits
 from bagrepro.metrics import mean_interval, resolution
 from bagrepro.models import get_spec
 from bagrepro.plan import Work
-from bagrepro.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.plotting import draw_heatmap, error_bars, new_figure, save_figure
+from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
@@ -186,13 +189,15 @@ def _rows(part: str, metrics: dict[str, torch.Tensor], ids: list[str]) -> pd.Dat
                          for metric, values in metrics.items() for i, image_id in enumerate(ids)])
 
 
-def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, examples: dict) -> pd.DataFrame:
+def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, predicted_class: pd.Series,
+               examples: dict) -> pd.DataFrame:
     """Per-image scores of one (model, method) unit (Part A on a BagNet, Part B where the images have
-    masks); a method that cannot apply to the model gives one row per part saying why (``note``)."""
+    masks) for the model's predicted classes (``predicted_class``: image_id -> class); a method that
+    cannot apply to the model gives one row per score of each part saying why (``note``)."""
     spec = get_spec(name)
     part_a = spec.is_bagnet and method not in settings.black_box
     part_b = has_masks(ctx)
-    model, forward = ctx.model(name), ctx.inference_model(name)
+    model = ctx.model(name)
     images = ctx.images()
     count = min(settings.num_images, len(images))
     subset = images.subset(range(count))
@@ -206,8 +211,7 @@ def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, exam
     for batch, labels, ids in ctx.progress(subset.batches(settings.batch_size), desc=f"{name} {method}", unit="batch"):
         batch = batch.to(ctx.device)
         inputs = model.zoo_spec.preprocess.normalize(batch)
-        with torch.inference_mode():
-            predicted = forward(inputs).argmax(1)
+        predicted = torch.as_tensor(predicted_class.loc[ids].to_numpy(), dtype=torch.long, device=ctx.device)
         try:
             maps = method_maps(ctx, name, method, settings, inputs, batch, ids, predicted, done)
         except attribution.MethodNotApplicable as error:  # a row per score of each part, saying why
@@ -295,11 +299,13 @@ def run(ctx: RunContext) -> None:
         raise MissingRoleError("no BagNet in this run and no evidence masks: nothing to score")
     store = ctx.units(settings)
     panel_model = example_model(ctx)
+    predictions = clean_predictions(ctx, ctx.model_names)  # shared: one forward per image and model
+    predicted_class = {name: rows.set_index("image_id")["pred_1"] for name, rows in predictions.groupby("model")}
 
     def compute(unit: str) -> pd.DataFrame:
         name, method = units[unit]
         examples: dict[str, np.ndarray] = {}
-        frame = unit_frame(ctx, name, method, settings, examples)
+        frame = unit_frame(ctx, name, method, settings, predicted_class[name], examples)
         frame.insert(1, "model", name)
         frame.insert(2, "role", ctx.profile.role_of(name))
         frame.insert(3, "method", method)
@@ -339,9 +345,7 @@ def _ranking_axes(ax, table: pd.DataFrame, metric: str, hue: str) -> None:
     for offset, group in zip(offsets, groups):
         rows = table[table[hue] == group].set_index("method").reindex(methods)
         y = np.arange(len(methods)) + offset
-        error = np.nan_to_num(np.clip(np.stack([rows["mean"] - rows["mean_low"], rows["mean_high"] - rows["mean"]]),
-                                      0, None))
-        ax.errorbar(rows["mean"], y, xerr=error, fmt="o", ms=3, lw=0.8, capsize=1.5, label=group)
+        ax.errorbar(rows["mean"], y, xerr=error_bars(rows, "mean"), fmt="o", ms=3, lw=0.8, capsize=1.5, label=group)
     ax.set_yticks(np.arange(len(methods)), methods, fontsize=7)
     ax.set_title(METRIC_LABELS[metric], fontsize=8)
     ax.grid(axis="x", lw=0.3)
@@ -436,16 +440,16 @@ def report_table(results_dir: Path) -> pd.DataFrame:
 # ---- --plan ----------------------------------------------------------------------------------------
 
 def plan(ctx: RunContext) -> list:
-    """--plan: per (model, method) unit, the predicted class, the method's passes (registry cost per
-    call of ``batch_size`` images), a black-box map's dense heatmap on its BagNet (an upper bound: the
+    """--plan: the shared clean predictions still missing; per (model, method) unit the method's passes
+    (registry cost per call of ``batch_size`` images), a black-box map's dense heatmap on its BagNet (an upper bound: the
     heatmap cache serves an (image, class) another unit or experiment computed), and on a BagNet its
     exact patch logits plus one all-zero window."""
     settings = ctx.settings
     count = min(settings.num_images, len(ctx.images()))
     calls = [min(settings.batch_size, count - start) for start in range(0, count, settings.batch_size)]
-    work = []
+    work = clean_work(ctx, ctx.model_names)
     for unit, (name, method) in unit_plan(ctx, settings).items():
-        forward, backward = count, 0
+        forward, backward = 0, 0
         if method in settings.black_box:
             work.append(Work(ctx.role(method), f"black-box maps for {name}", count, count, heatmap=count))
         elif method != RANDOM:
@@ -462,6 +466,7 @@ def plan(ctx: RunContext) -> list:
 EXPERIMENT = Experiment(
     name="attribution_truth", title="attribution methods against exact ground truth", paper_ref="Sec. 5, proposed",
     run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
+    needs=("accuracy",),  # its clean predictions give the predicted classes
     in_default_run=False,  # an extension the paper proposes: `--experiment attribution_truth` or `all`
     question="Which attribution methods find the evidence a model really uses: a BagNet's exact patch logits "
              "(Part A) and the demo world's evidence masks (Part B)?",
