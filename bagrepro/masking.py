@@ -14,11 +14,16 @@ untouched. Patch index p = row * grid_width + column.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import ConfigError
+from .incremental import IncrementalModel, NotIncremental
+
+log = logging.getLogger(__name__)
 
 FILLS = ("dc", "zero", "blur")
 SIGNS = ("signed", "positive", "absolute")
@@ -80,16 +85,82 @@ def ranks_from_scores(scores: torch.Tensor) -> torch.Tensor:
     return order.argsort(dim=1)
 
 
+#: how masking curves are computed: 'incremental' (:mod:`bagrepro.incremental`; a model it cannot
+#: trace falls back to 'batched' with one log line) or 'batched' (a full forward pass per (image, step))
+ENGINES = ("incremental", "batched")
+_FALLEN_BACK: set[str] = set()  # models already reported as not incremental (one log line each)
+
+
+def grid_positions(height: int, width: int, patch: int) -> torch.Tensor:
+    """Top-left corner (row, col) px of every whole patch, in patch-index order: [P, 2]."""
+    rows, cols = grid_shape(height, width, patch)
+    return torch.cartesian_prod(torch.arange(rows) * patch, torch.arange(cols) * patch).reshape(-1, 2)
+
+
 @torch.inference_mode()
 def masking_curves(model, images: torch.Tensor, ranks: torch.Tensor, leading: torch.Tensor, steps: int,
-                   patch: int = 8, fill: str = "dc", chunk_size: int = 64) -> torch.Tensor:
+                   patch: int = 8, fill: str = "dc", chunk_size: int = 64, engine: str = "incremental") -> torch.Tensor:
     """Probability of the leading class after masking the k best-ranked patches, k = 0..steps.
 
     model: maps images to logits. images [B, C, H, W] (model input); ranks [B, P] (from
     :func:`ranks_from_scores`); leading [B] class per image (predicted on the clean image).
-    All (image, k) pairs are flattened and evaluated in chunks of ``chunk_size`` inputs, so memory
-    does not grow with ``steps``. Returns [B, steps + 1] probabilities.
+    engine 'incremental' (default): :func:`incremental_masking_curves`, ``chunk_size`` images at a
+    time; 'batched': all (image, k) pairs flattened and evaluated in chunks of ``chunk_size`` full
+    forward passes. Memory does not grow with ``steps``. Returns [B, steps + 1] probabilities.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown masking engine '{engine}'; choose from {', '.join(ENGINES)}")
+    if engine == "incremental":
+        try:
+            return incremental_masking_curves(model, images, ranks, leading, steps, patch, fill, chunk_size)
+        except NotIncremental as reason:
+            name = type(model).__name__
+            if name not in _FALLEN_BACK:
+                _FALLEN_BACK.add(name)
+                log.warning("masking: %s; full forward passes instead", reason)
+    return batched_masking_curves(model, images, ranks, leading, steps, patch, fill, chunk_size)
+
+
+@torch.inference_mode()
+def incremental_masking_curves(model, images: torch.Tensor, ranks: torch.Tensor, leading: torch.Tensor, steps: int,
+                               patch: int = 8, fill: str = "dc", chunk_size: int = 64, lanes: int | None = None,
+                               ) -> torch.Tensor:
+    """:func:`masking_curves` by incremental inference: per image the model's maps of step k are
+    kept, and step k + 1 recomputes only what its newly masked patch reaches
+    (:class:`bagrepro.incremental.IncrementalModel`). ``lanes`` images step together (default: a
+    quarter of ``chunk_size``, at least 1: the kept maps of a lane are several times an image's
+    activations), and the layers computed whole run on ``chunk_size`` (lane, step) inputs at a time.
+    Same arguments and result as :func:`batched_masking_curves`, to float rounding. Raises
+    NotIncremental for a model torch.fx cannot trace."""
+    batch, channels, height, width = images.shape
+    lanes = lanes or max(1, chunk_size // 4)
+    evaluator = IncrementalModel(model, (channels, height, width), (patch, patch), grid_positions(height, width, patch))
+    fills = fill_values(images, patch, fill)
+    order = ranks.argsort(dim=1).cpu()  # [B, P]: the patch masked at step k + 1 is order[:, k]
+    probabilities = torch.empty(batch, steps + 1, device=images.device)
+    for start in range(0, batch, lanes):
+        chosen = slice(start, start + lanes)
+        targets = leading[chosen, None]
+        group = len(targets)
+        logits = evaluator.start(images[chosen])
+        probabilities[chosen, 0] = logits.float().softmax(1).gather(1, targets)[:, 0]
+        source = fills[chosen]
+        per_flush = max(1, chunk_size // group)  # steps whose whole layers run as one batch
+        for first in range(0, steps, per_flush):
+            done = range(first, min(steps, first + per_flush))
+            for k in done:
+                evaluator.advance(order[chosen, k], source)
+            logits = evaluator.flush().float().reshape(len(done), group, -1)  # [steps, lanes, classes]
+            chosen_probabilities = logits.softmax(2).gather(2, targets[None].expand(len(done), -1, -1))[..., 0]
+            probabilities[chosen, first + 1:first + 1 + len(done)] = chosen_probabilities.T
+    return probabilities
+
+
+@torch.inference_mode()
+def batched_masking_curves(model, images: torch.Tensor, ranks: torch.Tensor, leading: torch.Tensor, steps: int,
+                           patch: int = 8, fill: str = "dc", chunk_size: int = 64) -> torch.Tensor:
+    """:func:`masking_curves` by full forward passes: all (image, k) pairs flattened and evaluated in
+    chunks of ``chunk_size`` inputs. Returns [B, steps + 1] probabilities."""
     batch, _, height, width = images.shape
     fills = fill_values(images, patch, fill)
     k = torch.arange(steps + 1, device=images.device)
