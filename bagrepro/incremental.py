@@ -172,6 +172,7 @@ class IncrementalModel:
         self.states: dict[fx.Node, torch.Tensor] = {}  # kept maps [L, C, H, W], channels-last
         self.cached: dict[fx.Node, object] = {}  # constants and shapes, taken at start
         self.pending: list[dict[fx.Node, torch.Tensor]] = []  # per step advanced: the boundary maps
+        self.kept: dict[fx.Node, torch.Tensor] | None = None  # start(keep=True): the maps at start
         self.lanes = 0
 
     # ---- the plan -------------------------------------------------------------------------------
@@ -371,9 +372,10 @@ class IncrementalModel:
         raise NotIncremental(f"unexpected graph node {node.op}")
 
     @torch.inference_mode()
-    def start(self, inputs: torch.Tensor) -> torch.Tensor:
-        """A full pass of ``inputs`` [L, C, H, W] (the lanes); keeps the maps the steps need.
-        Returns the model's outputs. Drops steps not flushed yet."""
+    def start(self, inputs: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """A full pass of ``inputs`` [L, C, H, W] (the lanes); keeps the maps the steps need (and,
+        with ``keep``, a copy of them for :meth:`select`). Returns the model's outputs. Drops steps
+        not flushed yet."""
         if tuple(inputs.shape[1:]) != self.input_shape:
             raise ValueError(f"inputs of shape {tuple(inputs.shape[1:])}, the plan is for {self.input_shape}")
         values: dict[fx.Node, object] = {}
@@ -403,6 +405,7 @@ class IncrementalModel:
         self._static_values = {}
         self.states = {n: values[n].contiguous(memory_format=torch.channels_last) for n, p in plans.items() if p.stored}
         self.cached = {n: values[n] for n, p in plans.items() if p.kind in ("const", "shape")}
+        self.kept = {n: t.clone() for n, t in self.states.items()} if keep else None
         self.lanes = len(inputs)
         self.pending: list[dict[fx.Node, torch.Tensor]] = []
         return output
@@ -412,11 +415,14 @@ class IncrementalModel:
         return sum(t.numel() * t.element_size() for t in self.states.values())
 
     def select(self, lanes: torch.Tensor) -> None:
-        """Keep lanes ``lanes`` [L'] (indices into the current lanes; repeats allowed): their maps are copied."""
+        """New lanes: ``lanes`` [L'] indexes the lanes of the last start (repeats allowed; e.g. one
+        base image per occlusion window); their maps are copied, from the copy ``start(..., keep=True)``
+        made (so select() may follow steps), else from the current maps."""
         lanes = torch.as_tensor(lanes, dtype=torch.long)
         if self.pending:
             raise RuntimeError("select() between advance() and flush()")
-        self.states = {n: t[lanes.to(t.device)].contiguous(memory_format=torch.channels_last) for n, t in self.states.items()}
+        origin = self.states if self.kept is None else self.kept
+        self.states = {n: t[lanes.to(t.device)].contiguous(memory_format=torch.channels_last) for n, t in origin.items()}
         self.lanes = len(lanes)
 
     def _gather(self, node: fx.Node, starts: torch.Tensor, size: tuple, pad_value: float, crops: dict) -> torch.Tensor:
