@@ -215,7 +215,9 @@ class IncrementalModel:
             if window is not None and len(plan.inputs) == 1 and node.args[0] is plan.inputs[0]:
                 plan.kind, plan.op = "inc", "window"
                 _, plan.windows, plan.pad_value = window
-            elif isinstance(module, POINTWISE_MODULES) and not module.training and len(plan.inputs) == 1:
+            elif isinstance(module, POINTWISE_MODULES) and len(plan.inputs) == 1:
+                if isinstance(module, (nn.BatchNorm2d, nn.Dropout)) and module.training:
+                    return  # batch statistics, random masks: not a function of one pixel
                 if isinstance(module, nn.BatchNorm2d) and not module.track_running_stats:
                     return
                 plan.kind, plan.op = "inc", "pointwise"
@@ -243,7 +245,8 @@ class IncrementalModel:
         elif is_function and node.target is operator.getitem and len(plan.inputs) == 1:
             index = node.args[1]
             if isinstance(index, tuple) and len(index) == 4 and all(isinstance(i, slice) for i in index):
-                if all(i == slice(None) for i in index[:2]) and all(i.step in (None, 1) for i in index[2:]):
+                if (all(i == slice(None) for i in index[:2]) and all(i.step in (None, 1) for i in index[2:])
+                        and all(i.start is None or (isinstance(i.start, int) and i.start >= 0) for i in index[2:])):
                     plan.kind, plan.op = "inc", "slice"
 
     def _constants_broadcast(self, node: fx.Node, plan: _Plan) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing  # not yet public under torch.fx
 
 from ..errors import ConfigError, DataError
 
@@ -139,7 +140,8 @@ class BagNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, 3, H, W] -> features [B, C, H', W'] (H, W >= q)."""
         q = self.receptive_field
-        if x.shape[-1] < q or x.shape[-2] < q:
+        # not while torch.fx traces the model (incremental inference): a traced graph has no control flow
+        if not is_fx_symbolic_tracing() and (x.shape[-1] < q or x.shape[-2] < q):
             raise DataError(f"BagNet-{q} needs images of at least {q}x{q} px, got {tuple(x.shape[-2:])}")
         x = self.stem(x)
         for layer in self.layers:
