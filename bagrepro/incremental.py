@@ -112,6 +112,9 @@ def _pair(value) -> tuple[int, int]:
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
+    if "forward" in vars(model):  # e.g. bagrepro.models.fast.with_precision: the graph would skip the wrapper
+        raise NotIncremental(f"{type(model).__name__}'s forward is replaced on the instance (e.g. autocast by "
+                             "--precision bf16); its graph would not run what the replacement does")
     if isinstance(model, fx.GraphModule):
         return model
     try:
@@ -165,6 +168,9 @@ class IncrementalModel:
         self.positions = torch.as_tensor(np.asarray(positions), dtype=torch.long).reshape(-1, 2)
         self.full_fraction = full_fraction
         self.modules = dict(self.graph_module.named_modules())
+        # the layers computed whole get their inputs in the memory format of the model's weights
+        convolutions = [m.weight for m in self.modules.values() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1]
+        self.memory_format = _format_of(convolutions[0]) if convolutions else torch.contiguous_format
         placeholders = [n for n in self.graph_module.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise NotIncremental(f"the traced model takes {len(placeholders)} inputs; incremental inference needs one")
@@ -490,7 +496,8 @@ class IncrementalModel:
         (rows [S * L, ...] for S steps of L lanes): the nodes computed whole, in one batch."""
         if not self.pending:
             raise RuntimeError("flush() needs an advance() first")
-        fresh = {node: torch.cat([snapshot[node] for snapshot in self.pending]) for node in self.boundary}
+        fresh = {node: torch.cat([snapshot[node] for snapshot in self.pending]).contiguous(memory_format=self.memory_format)
+                 for node in self.boundary}
         self.pending = []
         remaining = {node: sum(u in self._tail_set for u in node.users) for node in self.plans}
         output = None
@@ -534,7 +541,8 @@ class IncrementalModel:
             module = self.modules[node.target]
             self._fire_pre_hooks(module, crop)
             stride, dilation = (rows.stride, cols.stride), (rows.dilation, cols.dilation)
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d):  # the window in the weights' memory format (a mix is slow in oneDNN)
+                crop = crop.contiguous(memory_format=_format_of(module.weight))
                 return F.conv2d(crop, module.weight, module.bias, stride, 0, dilation, module.groups)
             kernel = (rows.kernel, cols.kernel)
             if isinstance(module, nn.MaxPool2d):
@@ -553,6 +561,13 @@ class IncrementalModel:
         if plan.inplace and node.op == "call_module":
             args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
         return self._run_node(node, args, kwargs)
+
+
+def _format_of(weight: torch.Tensor) -> torch.memory_format:
+    """channels-last for weights stored so (e.g. an inference copy), else the default layout."""
+    if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _crop_of(source: torch.Tensor, starts: torch.Tensor, size: tuple) -> torch.Tensor:

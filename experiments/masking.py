@@ -64,7 +64,10 @@ class Settings:
     random_seeds: random orders per image; white_box: attribution methods of the tested model
     (names in :mod:`bagrepro.attribution`'s registry; the paper's four by default); ig_steps:
     Integrated Gradients' Riemann steps (100, as DeepExplain); chunk_size: inputs per forward pass
-    (memory, not results)."""
+    (memory, not results); engine: how the curves are computed, 'incremental' (each step recomputes
+    only the part of every layer its newly masked patch reaches, :mod:`bagrepro.incremental`; a
+    model torch.fx cannot trace falls back to full passes with a log line) or 'batched' (a full
+    forward pass per image and step); the same curves to float rounding."""
 
     tested_roles: tuple[str, ...] = ("vgg16", "resnet50", "resnet152", "densenet169")
     num_images: int = 100
@@ -76,6 +79,7 @@ class Settings:
     white_box: tuple[str, ...] = attribution.PAPER_METHODS
     ig_steps: int = 100
     chunk_size: int = 64
+    engine: Literal["incremental", "batched"] = "incremental"
 
     def __post_init__(self):
         for method in self.white_box:
@@ -128,7 +132,7 @@ def unit_curves(ctx: RunContext, name: str, method: str, seed: int, settings: Se
                 examples[f"image/{ids[index]}"] = batch[index].cpu().numpy().astype(np.float16)
         steps = min(settings.steps, patches)
         curves = masking_curves(forward, inputs, ranks_from_scores(scores), leading, steps, settings.patch,
-                                settings.fill, settings.chunk_size).cpu().numpy()
+                                settings.fill, settings.chunk_size, settings.engine).cpu().numpy()
         frames.append(pd.DataFrame({
             "image_id": np.repeat(ids, steps + 1), "method": method, "seed": seed,
             "k": np.tile(np.arange(steps + 1), len(ids)), "probability": curves.ravel(),
