@@ -51,7 +51,9 @@ Further methods (not in the paper; registered after its four, one line each):
   (instead of captum's ``Deconvolution``).
 - ``gradient_shap``: expected gradients over the zero and a seeded noise baseline (captum
   ``GradientShap``), seeded.
-- ``occlusion``: logit drop when a square window is set to 0 (captum ``Occlusion``), forward only.
+- ``occlusion``: logit drop when a square window is set to 0 (captum ``Occlusion``'s numbers), forward
+  only, by incremental inference (:mod:`bagrepro.incremental`: each occluded input recomputes only
+  what its window reaches) where the model can be traced, else by captum.
 - ``kernel_shap`` / ``lime``: surrogate linear models on a grid of square cells (captum ``KernelShap`` /
   ``Lime``), seeded, forward only.
 - ``grad_cam``: Grad-CAM of the last convolutional block (:func:`gradcam_layer`; captum
@@ -104,6 +106,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError
+from .incremental import IncrementalModel, NotIncremental
 
 
 class MethodNotApplicable(ConfigError):
@@ -705,21 +708,72 @@ def _occlusion(net: nn.Module, images: Tensor, targets: Tensor, *, occlusion_win
     over the window positions covering it, of the drop logit_t(x) - logit_t(x occluded). One pass of
     the unoccluded images, then one per window position (:func:`occlusion_windows`).
 
+    Computed by :func:`incremental_occlusion` (the same numbers as captum's, to float rounding, at the
+    cost of what each window reaches); a model torch.fx cannot trace goes through captum itself.
+
     Options: ``occlusion_window`` = 16 px and ``occlusion_stride`` = 8 px (half-overlapping windows,
     the size of a BagNet-17 patch; Zeiler & Fergus slid a grey square over the image).
     ``perturbations_per_eval`` = 16: at most that many model inputs per forward pass (captum's
-    ``perturbations_per_eval`` counts windows per pass, each for every image: here
+    ``perturbations_per_eval`` counts windows per pass, each for every image: there
     ``max(1, 16 // batch)`` windows; memory only).
     """
-    from captum.attr import Occlusion
-
     _positive("perturbations_per_eval", perturbations_per_eval)
     channels, height, width = images.shape[1:]
     occlusion_windows(height, width, occlusion_window, occlusion_stride)  # checks the geometry
+    try:
+        return incremental_occlusion(net, images, targets, occlusion_window, occlusion_stride, perturbations_per_eval)
+    except NotIncremental:
+        pass
+    from captum.attr import Occlusion
+
     return Occlusion(net).attribute(
         images, sliding_window_shapes=(channels, occlusion_window, occlusion_window),
         strides=(channels, occlusion_stride, occlusion_stride), baselines=0.0, target=targets,
         perturbations_per_eval=max(1, perturbations_per_eval // images.shape[0]))
+
+
+def occlusion_positions(height: int, width: int, window: int, stride: int) -> Tensor:
+    """Top-left (row, col) px of captum ``Occlusion``'s window positions, row-major: [N, 2]
+    (:func:`occlusion_windows` per axis; the last may hang over the border)."""
+    rows = torch.arange(1 + -(-(height - window) // stride)) * stride
+    cols = torch.arange(1 + -(-(width - window) // stride)) * stride
+    return torch.cartesian_prod(rows, cols)
+
+
+@torch.inference_mode()
+def incremental_occlusion(net: nn.Module, images: Tensor, targets: Tensor, window: int, stride: int,
+                          inputs_per_pass: int = 16) -> Tensor:
+    """captum ``Occlusion``'s attribution (baseline 0, a window x window square over all channels,
+    moved by ``stride``) by incremental inference: one full pass of the images keeps their maps,
+    then every occluded input recomputes only the part of each layer its window reaches
+    (:class:`bagrepro.incremental.IncrementalModel`), ``inputs_per_pass`` at a time.
+
+    images [B, C, H, W], targets [B] -> [B, C, H, W]: per pixel the mean over the windows covering
+    it of logit_t(x) - logit_t(x with the window set to 0), the same value in every channel.
+    Raises NotIncremental where the model cannot be traced (the caller then uses captum)."""
+    batch, channels, height, width = images.shape
+    positions = occlusion_positions(height, width, window, stride)
+    evaluator = IncrementalModel(net, (channels, height, width), (window, window), positions)
+    clean = evaluator.start(images, keep=True).float().gather(1, targets[:, None])[:, 0]  # [B]
+    # every (image, window) pair is a lane; lanes advance once from their image's kept maps
+    image_of_lane = torch.arange(batch).repeat_interleave(len(positions))
+    position_of_lane = torch.arange(len(positions)).repeat(batch)
+    drops = torch.empty(batch * len(positions), device=images.device)
+    zeros = torch.zeros(1, channels, height, width, dtype=images.dtype, device=images.device)
+    for start in range(0, len(drops), inputs_per_pass):
+        lanes = slice(start, start + inputs_per_pass)
+        evaluator.select(image_of_lane[lanes])
+        evaluator.advance(position_of_lane[lanes], zeros.expand(len(image_of_lane[lanes]), -1, -1, -1))
+        occluded = evaluator.flush().float().gather(1, targets[image_of_lane[lanes], None].to(images.device))[:, 0]
+        drops[lanes] = clean[image_of_lane[lanes].to(images.device)] - occluded
+    rows, cols = 1 + -(-(height - window) // stride), 1 + -(-(width - window) // stride)
+    # spread each window's drop over its pixels and divide by the windows covering each pixel: a
+    # transposed convolution with a ones kernel places the window at stride steps, cut at the border
+    ones = torch.ones(1, 1, window, window, device=images.device)
+    summed = F.conv_transpose2d(drops.reshape(batch, 1, rows, cols), ones, stride=stride)[..., :height, :width]
+    covering = F.conv_transpose2d(torch.ones(1, 1, rows, cols, device=images.device), ones, stride=stride)
+    attribution = summed / covering[..., :height, :width]
+    return attribution.expand(-1, channels, -1, -1).to(images.dtype).contiguous()
 
 
 def cell_feature_mask(height: int, width: int, cell: int, device: torch.device | str = "cpu") -> Tensor:
