@@ -216,6 +216,9 @@ def run_model(name: str, count: int, steps: int, chunk: int) -> dict:
     print(f"  FLOPs recomputed per step: {summary['flop_share']:.1%} of a full forward pass; "
           f"first layer computed whole: {summary['first_full_layer']}")
     ours_difference = (incremental_curves - engine_curves).abs().max().item()
+    movement = (engine_curves[:, 1:] - engine_curves[:, :1]).abs().max().item()
+    print(f"  curves: p_0 in [{engine_curves[:, 0].min().item():.2e}, {engine_curves[:, 0].max().item():.2e}], "
+          f"max |p_k - p_0| = {movement:.1e} (how much masking moves them: the scale the differences below are read on)")
     print(f"  identical curves: max |incremental - engine| = {ours_difference:.1e} "
           f"-> {'PASS' if ours_difference <= TOLERANCE else 'FAIL'} (tolerance {TOLERANCE:.0e})")
     if quantus:

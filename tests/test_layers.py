@@ -20,7 +20,7 @@ LAYERS = {
     "data": {"data"},
     "models": {"models"},
     "methods": {"heatmaps", "heatmap_cache", "attribution", "masking", "scrambling", "patches", "training",
-                "ground_truth"},
+                "ground_truth", "incremental"},
     "harness": {"runner", "profiles", "results", "report", "contrasts", "distributed", "predictions", "plotting", "lock",
                 "tuning", "passes", "plan"},
     "plugin": {"demo"},
