@@ -31,8 +31,12 @@ values that are not tensors (shapes, sizes) are taken once per :meth:`Incrementa
 Windows are batched over lanes: per node the window has one size for every position of the box
 (the largest it takes), placed per lane (clamped into the map), so that a step of L lanes is, per
 node, one gather of the input windows [L, C, h', w'], one batched operation and one scatter into the
-kept map (channels-last, so a window's pixels are rows of a [L*H*W, C] matrix). Memory: the kept
-maps of L lanes (``state_bytes``).
+kept map (channels-last, so a window's pixels are rows of a [L*H*W, C] matrix). The layers computed
+whole do not depend on earlier steps, only on the kept maps they read (the *boundary*): :meth:`advance`
+copies those per step and :meth:`flush` runs the whole layers once for all steps advanced since the
+last flush, so a step of a few lanes still reaches them as a large batch (on a CPU, VGG's 25088 x 4096
+classifier would otherwise be read from memory once per step). Memory: the kept maps of L lanes
+(``state_bytes``; VGG-16 at 224 px: about 60 MB per lane) and the boundary copies of the pending steps.
 
 A model the tracer cannot handle raises :class:`NotIncremental`; callers fall back to full forward
 passes (:func:`bagrepro.masking.masking_curves` does so with one log line).
@@ -86,10 +90,12 @@ class _Window:
 class _Plan:
     """One graph node: how it is computed in a step.
 
-    kind: 'input' (the model input), 'static' (not a tensor: taken at start), 'inc' (its window is
-    recomputed), 'full' (computed whole). For 'inc': op ('window', 'pointwise', 'binary', 'cat',
-    'slice'), size (h, w) of its window, starts [N, 2] (long) the window's top-left per box position,
-    stored (whether its map is kept: something reads it beyond its own window)."""
+    kind: 'input' (the model input), 'const' (does not depend on the input: taken at start),
+    'shape' (not a tensor, e.g. a map's size: taken at start), 'inc' (its window is recomputed),
+    'full' (computed whole, batched over the steps of a flush), 'output'. For 'inc': op ('window',
+    'pointwise', 'binary', 'cat', 'slice'), size (h, w) of its window, starts [N, 2] (long) the
+    window's top-left per box position; for 'inc' and 'input': stored (whether its map is kept:
+    something reads it beyond its own window)."""
 
     node: fx.Node
     kind: str = "full"
