@@ -3,8 +3,8 @@
 What is measured: the masking curves of Fig. 8 / Table 1 (the probability of the leading class after
 the k best-ranked 8x8 patches are masked, k = 0..100, each masked patch replaced by its DC value, the
 per-channel mean of the patch) for full-size torchvision VGG-16, ResNet-50 and DenseNet-169 at 224 px
-(random weights, calibrated BatchNorm; no downloads), on the same images, ranks and leading classes
-per model, three ways:
+(random weights, BatchNorm calibrated by ``randomise_batchnorm``; no downloads), on the same images,
+ranks and leading classes per model, three ways:
 
 - incremental (ours, new): :func:`bagrepro.masking.incremental_masking_curves`, which keeps every
   image's activations and recomputes per step only the window the newly masked patch reaches
@@ -12,41 +12,53 @@ per model, three ways:
 - engine (ours, current): :func:`bagrepro.masking.batched_masking_curves`, every (image, k) pair a
   full forward pass, in chunks of ``--chunk`` inputs;
 - Quantus 0.6 ``RegionPerturbation`` doing the same work (an optional dependency: without it, that
-  ratio is skipped with one line saying why). Set up as follows, from its source:
-  patch_size=8 and no padding (224 is a multiple of 8), so its patch grid is ours, numbered row by row
-  as ours; order="morf" ranks patches by the sum of ``a_batch`` over the patch, so ``a_batch`` [B, 1,
-  H, W] is constant within each patch and equal to the patch's score, the scores being a random
-  permutation of 0..P-1 per image: the patch sums (192 x an integer, exact in float32) are distinct,
-  so no ties, and they are checked to give exactly our ranks; normalise=False, abs=False leave the
-  scores as they are. No perturb_baseline of Quantus is the DC value: with its batched default
-  perturb_func, "mean" is the mean of the whole image over all channels and pixels; so
-  ``perturb_func`` is :func:`dc_replacement_by_indices` below (the per-channel mean of the indexed
-  patch). Quantus masks patches cumulatively, one per step, never overlapping (a fixed grid), and
-  returns per image d_k = p(clean) - p(after k patches) for k = 1..regions_evaluation (softmax=True:
-  it appends a Softmax to the model). It runs the model's inference copy, as ours do (like for like);
-  batch_size=--chunk, i.e. all images of a step in one forward pass.
+  ratio is skipped with one line saying why). Set up from its source: patch_size=8 and no padding
+  (224 is a multiple of 8), so its patch grid is ours, numbered row by row as ours. order="morf" ranks
+  the patches by argsort(-sum of ``a_batch`` over the patch and all channels); ``a_batch`` [B, 1, H, W]
+  is constant within each patch and equal to the patch's score, the scores a random permutation of
+  0..P-1 per image, so the sums (192 x an integer, exact in float32) are distinct (no ties) and are
+  checked to give exactly our ranks; normalise=False, abs=False leave them as they are. No Quantus
+  baseline is the DC value (its "mean", with the batched default perturb_func, is the mean of the whole
+  image over all channels and pixels), so ``perturb_func`` is :func:`dc_replacement_by_indices` below:
+  the per-channel mean of the indexed patch, computed as ours is (bitwise the same fill values).
+  Quantus masks one more patch per step, cumulatively (a fixed grid: patches never overlap, none is
+  skipped), and returns per image d_k = p(clean) - p(after k patches) for k = 1..regions_evaluation
+  (softmax=True: it appends a Softmax to the model). batch_size=--chunk: all images of a step in one
+  forward pass.
 
-The model for all three is the inference copy (:func:`bagrepro.models.fast.fuse_for_inference`:
-BatchNorm folded, channels-last). Each method is warmed up on one image with 2 steps, then timed on
-the whole run (for Quantus, the metric call only). Printed per model: the time ratios (engine /
-incremental, Quantus / incremental), the share of a full forward pass's conv/linear multiply-adds
-recomputed per step and the first layer computed whole (``IncrementalModel.summary()``), and whether
-the curves agree: max |incremental - engine| <= 1e-5, and max |Quantus-derived curve - engine| with
-the Quantus curve p_k = p_0 - d_k for k = 1..steps (p_0, the clean probability, which Quantus does not
-return, taken from the engine's k = 0; so this compares Quantus' d_k with the engine's p_0 - p_k).
+All three run the model's inference copy (:func:`bagrepro.models.fast.fuse_for_inference`: BatchNorm
+folded, channels-last), Quantus too (it wraps the torch module itself), so the comparison is like for
+like. Each method is warmed up on one image with 2 steps, then timed on the whole run (for Quantus,
+the metric call only). Printed per model: the time ratios engine / incremental and Quantus /
+incremental; the share of a full forward pass's conv/linear multiply-adds recomputed per step and the
+first layer computed whole (``IncrementalModel.summary()``); how far masking moves the curves (the
+scale for what follows); max |incremental - engine| (tolerance 1e-5); and max |Quantus - engine| with
+the Quantus curve p_k = p_0 - d_k, k = 1..steps (Quantus does not return p_0, the clean probability:
+it is the engine's k = 0, so this compares Quantus' d_k with the engine's p_0 - p_k; same tolerance).
 
 Targets, VGG-16 only: incremental >= 3x the engine and >= 5x Quantus (PASS/FAIL). ResNet-50 and
 DenseNet-169: the same numbers, no target.
 
-Measured (2 CPU cores, torch 2.14, VGG-16, 100 steps; ratios only, machines differ):
-4 images: incremental vs engine 5.8x, vs Quantus 6.0x; 8 images: 7.6x and 7.9x. The incremental
-method steps up to 16 images together (``lanes``: a quarter of ``--chunk``) and gains with more of
-them up to about 8, so the default is 8 images. Default run: VGG-16 7.6x / 8.0x (PASS), ResNet-50
-2.1x / 2.3x, DenseNet-169 1.6x / 2.0x (the FLOP share recomputed per step: VGG-16 11%, ResNet-50
-33%, DenseNet-169 43%).
+Measured (2 CPU cores, idle machine, 100 steps; ratios incremental vs engine / vs Quantus):
+VGG-16, 4 images: 6.5x / 6.7x; 8 images: 6.6x / 6.4x and, in a second run, 6.3x / 5.8x (4 images
+are as good as 8 here). ResNet-50, 4 images: 2.1x / 1.8x; 8 images: 1.8x / 1.7x and 2.2x / 1.6x.
+DenseNet-169, 4 images: 1.2x / 0.9x; 8 images: 2.1x / 1.5x and 1.5x / 0.9x (its many small layers
+make a step's cost largely per-operation overhead, which the ``lanes`` images stepping together
+share: 9.3 s of incremental time per image with 4 images, 5.8-7.6 s with 8). So the default is 8
+images, the smallest number representative for all three models; run-to-run spread is about 10%
+(VGG-16) to 30% (DenseNet-169). FLOPs recomputed per step: VGG-16 14%, ResNet-50 47%, DenseNet-169
+59%. All curves agreed: incremental = engine exactly (max |diff| 0), Quantus to float rounding
+(<= 1.5e-8; in tiny runs of 2 images, where the batch sizes, and so the convolutions' rounding,
+differ, both reach 3-5e-6 on ResNet-50: within 1e-5, but not by much). Note that torchvision's
+VGG-16 has no BatchNorm, so with random weights its softmax is nearly uniform (p ~ 1/1000) and
+masking moves it by only ~2e-5: the printed scale says how much the 1e-5 tolerance means there.
+
+Run it on an idle machine: the incremental method runs many small operations, and when another process
+holds a core, each of them waits for a time slice of the second thread (about 7 ms measured), so its
+ratios collapse (VGG-16 with 4 images measured 2.4x next to another job).
 
 Usage: python bench/masking.py [--models vgg16 resnet50 densenet169] [--images 8] [--steps 100] [--chunk 64]
-(about 20 minutes on 2 CPU cores with the defaults)
+(about 15 minutes on 2 CPU cores with the defaults)
 """
 
 from __future__ import annotations
@@ -129,15 +141,19 @@ def dc_replacement_by_indices(arr: np.ndarray, indices: np.ndarray, perturb_base
 
     arr [B, C*H*W]: the flattened current (already perturbed) images; indices [B, C*patch*patch]: the
     patch's flat indices as Quantus' ``get_block_indices`` yields them (a [C, patch, patch] block in
-    C-major order, so a reshape to [B, C, patch*patch] groups them by channel). Patches never overlap
-    and each is masked once, so the patch still holds its clean values here. Returns a new [B, C*H*W].
+    C-major, row-major order, so they reshape to [B, C, patch, patch]). Patches never overlap and each
+    is masked once, so the patch still holds its clean values here. The mean is torch's 8x8
+    ``avg_pool2d``, as in :func:`bagrepro.masking.fill_values`, so the fill values are bitwise ours
+    (NumPy's float32 mean differs by an ulp, which the networks amplify to ~1e-5 in probability).
+    Returns a new [B, C*H*W] array.
     """
     if perturb_baseline != "dc":
         raise ValueError(f"dc_replacement_by_indices fills with the DC value, not '{perturb_baseline}'")
     perturbed = arr.copy()
     lanes = np.arange(arr.shape[0])[:, None]
-    patch = arr[lanes, indices].reshape(arr.shape[0], CHANNELS, -1)  # [B, C, patch*patch]
-    perturbed[lanes, indices] = np.broadcast_to(patch.mean(-1, keepdims=True), patch.shape).reshape(arr.shape[0], -1)
+    patch = torch.from_numpy(arr[lanes, indices].reshape(arr.shape[0], CHANNELS, PATCH, PATCH))
+    dc = torch.nn.functional.avg_pool2d(patch, PATCH).expand_as(patch)  # [B, C, patch, patch]
+    perturbed[lanes, indices] = dc.reshape(arr.shape[0], -1).numpy()
     return perturbed
 
 
@@ -167,15 +183,23 @@ def timed(function):
     return result, time.perf_counter() - start
 
 
-def verdict(name: str, baseline: str, ratio: float) -> str:
+def verdict(name: str, baseline: str, ratio: float | None) -> str:
+    """'PASS'/'FAIL' against the model's target for ``baseline``, 'skipped' without a ratio, or 'no target'."""
     target = TARGETS.get(name, {}).get(baseline)
+    if ratio is None:
+        return "skipped"
     if target is None:
-        return "  no target"
-    return f"  {'PASS' if ratio >= target else 'FAIL'} (target >= {target:.0f}x)"
+        return "no target"
+    return f"{'PASS' if ratio >= target else 'FAIL'} (target >= {target:.0f}x)"
+
+
+def agreement(difference: float) -> str:
+    return f"{difference:.1e} -> {'PASS' if difference <= TOLERANCE else 'FAIL'} (tolerance {TOLERANCE:.0e})"
 
 
 def run_model(name: str, count: int, steps: int, chunk: int) -> dict:
-    """Times the three methods on one model and prints its block; returns the ratios (None where skipped)."""
+    """Times the three methods on one model and prints its block; returns {baseline: time ratio
+    baseline / incremental} (None where Quantus is missing)."""
     model = inference_copy(name)
     images, scores, ranks, leading = make_work(model, count)
     steps = min(steps, ranks.shape[1])
@@ -191,43 +215,41 @@ def run_model(name: str, count: int, steps: int, chunk: int) -> dict:
     def quantus_run(batch=count, k=steps):
         return quantus_differences(model, images[:batch], attribution[:batch], leading[:batch], k, chunk)
 
-    for method in (incremental, engine) + ((quantus_run,) if quantus else ()):
-        method(1, 2)  # warm-up: one image, 2 steps
-    incremental_curves, incremental_s = timed(incremental)
-    engine_curves, engine_s = timed(engine)
-    summary = flop_summary(model, images)
-
-    print(f"{MODELS.get(name, name)} ({name}), {SIZE} px, {count} images, k = 0..{steps}: "
-          f"engine {engine_s:.1f} s, incremental {incremental_s:.1f} s", end="")
-    ratios = {"engine": engine_s / incremental_s, "quantus": None}
+    methods = {"incremental": incremental, "engine": engine}
     if quantus:
-        differences, quantus_s = timed(quantus_run)
-        ratios["quantus"] = quantus_s / incremental_s
-        print(f", Quantus {quantus_s:.1f} s")
-    else:
-        print()
+        methods["quantus"] = quantus_run
+    for method in methods.values():
+        method(1, 2)  # warm-up: one image, 2 steps
+    results, seconds = {}, {}
+    for method_name, method in methods.items():
+        results[method_name], seconds[method_name] = timed(method)
+    summary = flop_summary(model, images)
+    ratios = {baseline: seconds[baseline] / seconds["incremental"] if baseline in seconds else None
+              for baseline in ("engine", "quantus")}
+
+    timings = ", ".join(f"{method_name} {value:.1f} s" for method_name, value in seconds.items())
+    print(f"{MODELS.get(name, name)} ({name}), {SIZE} px, {count} images, k = 0..{steps}: {timings}")
     print(f"incremental vs engine: {ratios['engine']:.1f}x")
-    print(verdict(name, "engine", ratios["engine"]))
+    print(f"  {verdict(name, 'engine', ratios['engine'])}")
     if quantus:
         print(f"incremental vs quantus: {ratios['quantus']:.1f}x")
-        print(verdict(name, "quantus", ratios["quantus"]))
+        print(f"  {verdict(name, 'quantus', ratios['quantus'])}")
     else:
         print(f"incremental vs quantus: skipped (quantus not importable: {QUANTUS_MISSING})")
     print(f"  FLOPs recomputed per step: {summary['flop_share']:.1%} of a full forward pass; "
           f"first layer computed whole: {summary['first_full_layer']}")
-    ours_difference = (incremental_curves - engine_curves).abs().max().item()
+
+    engine_curves = results["engine"].double()  # [B, steps + 1]
     movement = (engine_curves[:, 1:] - engine_curves[:, :1]).abs().max().item()
     print(f"  curves: p_0 in [{engine_curves[:, 0].min().item():.2e}, {engine_curves[:, 0].max().item():.2e}], "
-          f"max |p_k - p_0| = {movement:.1e} (how much masking moves them: the scale the differences below are read on)")
-    print(f"  identical curves: max |incremental - engine| = {ours_difference:.1e} "
-          f"-> {'PASS' if ours_difference <= TOLERANCE else 'FAIL'} (tolerance {TOLERANCE:.0e})")
+          f"max |p_k - p_0| = {movement:.1e} (how far masking moves them: the scale of the differences below)")
+    ours_difference = (results["incremental"].double() - engine_curves).abs().max().item()
+    print(f"  identical curves: max |incremental - engine| = {agreement(ours_difference)}")
     if quantus:
-        engine_curves = engine_curves.double().numpy()
-        quantus_curves = engine_curves[:, :1] - differences  # p_k = p_0 - d_k, k = 1..steps
-        quantus_difference = float(np.abs(quantus_curves - engine_curves[:, 1:]).max())
-        print(f"  Quantus curve p_k = p_0 - d_k (k = 1..{steps}, p_0 the engine's): max |Quantus - engine| = "
-              f"{quantus_difference:.1e} -> {'PASS' if quantus_difference <= TOLERANCE else 'FAIL'} "
-              f"(tolerance {TOLERANCE:.0e})")
+        quantus_curves = engine_curves[:, :1].numpy() - results["quantus"]  # p_k = p_0 - d_k, k = 1..steps
+        quantus_difference = float(np.abs(quantus_curves - engine_curves[:, 1:].numpy()).max())
+        print(f"  Quantus curve p_k = p_0 - d_k (k = 1..{steps}, p_0 the engine's): "
+              f"max |Quantus - engine| = {agreement(quantus_difference)}")
     return ratios
 
 
@@ -248,10 +270,8 @@ def main() -> None:
         results[name] = run_model(name, args.images, args.steps, args.chunk)
     for name in TARGETS:
         if name in results:
-            verdicts = [f"{baseline} {'skipped' if results[name][baseline] is None else 'PASS' if results[name][baseline] >= target else 'FAIL'}"
-                        for baseline, target in TARGETS[name].items()]
-            print(f"\n{MODELS[name]} targets: {', '.join(verdicts)}")
-
+            verdicts = [f"vs {baseline} {verdict(name, baseline, ratio)}" for baseline, ratio in results[name].items()]
+            print(f"\n{MODELS[name]} targets: {'; '.join(verdicts)}")
 
 if __name__ == "__main__":
     main()
