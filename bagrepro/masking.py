@@ -104,9 +104,11 @@ def masking_curves(model, images: torch.Tensor, ranks: torch.Tensor, leading: to
 
     model: maps images to logits. images [B, C, H, W] (model input); ranks [B, P] (from
     :func:`ranks_from_scores`); leading [B] class per image (predicted on the clean image).
-    engine 'incremental' (default): :func:`incremental_masking_curves`, ``chunk_size`` images at a
-    time; 'batched': all (image, k) pairs flattened and evaluated in chunks of ``chunk_size`` full
-    forward passes. Memory does not grow with ``steps``. Returns [B, steps + 1] probabilities.
+    engine 'incremental' (default): :func:`incremental_masking_curves` (a quarter of ``chunk_size``
+    images step together; the layers computed whole take ``chunk_size`` inputs at a time);
+    'batched': :func:`batched_masking_curves`, all (image, k) pairs flattened and evaluated in chunks
+    of ``chunk_size`` full forward passes. The same curves to float rounding; memory does not grow
+    with ``steps``. Returns [B, steps + 1] probabilities.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown masking engine '{engine}'; choose from {', '.join(ENGINES)}")
