@@ -106,7 +106,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import ConfigError
-from .incremental import IncrementalModel, NotIncremental
+from .incremental import IncrementalModel, NotIncremental, report_fallback
 
 
 class MethodNotApplicable(ConfigError):
@@ -682,13 +682,19 @@ def _gradient_shap(net: nn.Module, images: Tensor, targets: Tensor, *, shap_samp
     return torch.cat(parts)
 
 
-def occlusion_windows(height: int, width: int, window: int, stride: int) -> int:
-    """Window positions captum's ``Occlusion`` visits: ``1 + ceil((side - window) / stride)`` per
-    axis (the last one may hang over the border and is cut there)."""
+def occlusion_grid(height: int, width: int, window: int, stride: int) -> tuple[int, int]:
+    """Window positions captum's ``Occlusion`` visits per column and per row: ``1 + ceil((side -
+    window) / stride)`` per axis (the last one may hang over the border and is cut there)."""
     if window > min(height, width) or stride > window or stride < 1:
         raise ConfigError(f"occlusion: need stride ({stride}) <= window ({window}) <= image side "
                           f"({height}x{width}) and stride >= 1")
-    return (1 + -(-(height - window) // stride)) * (1 + -(-(width - window) // stride))
+    return 1 + -(-(height - window) // stride), 1 + -(-(width - window) // stride)
+
+
+def occlusion_windows(height: int, width: int, window: int, stride: int) -> int:
+    """The number of window positions captum's ``Occlusion`` visits (:func:`occlusion_grid`)."""
+    rows, cols = occlusion_grid(height, width, window, stride)
+    return rows * cols
 
 
 def _occlusion_cost(images: int, options: dict) -> tuple[int, int]:
@@ -722,8 +728,8 @@ def _occlusion(net: nn.Module, images: Tensor, targets: Tensor, *, occlusion_win
     occlusion_windows(height, width, occlusion_window, occlusion_stride)  # checks the geometry
     try:
         return incremental_occlusion(net, images, targets, occlusion_window, occlusion_stride, perturbations_per_eval)
-    except NotIncremental:
-        pass
+    except NotIncremental as reason:
+        report_fallback("occlusion", reason, "captum's Occlusion")
     from captum.attr import Occlusion
 
     return Occlusion(net).attribute(
@@ -735,9 +741,8 @@ def _occlusion(net: nn.Module, images: Tensor, targets: Tensor, *, occlusion_win
 def occlusion_positions(height: int, width: int, window: int, stride: int) -> Tensor:
     """Top-left (row, col) px of captum ``Occlusion``'s window positions, row-major: [N, 2]
     (:func:`occlusion_windows` per axis; the last may hang over the border)."""
-    rows = torch.arange(1 + -(-(height - window) // stride)) * stride
-    cols = torch.arange(1 + -(-(width - window) // stride)) * stride
-    return torch.cartesian_prod(rows, cols)
+    rows, cols = occlusion_grid(height, width, window, stride)
+    return torch.cartesian_prod(torch.arange(rows) * stride, torch.arange(cols) * stride)
 
 
 @torch.inference_mode()
@@ -766,7 +771,7 @@ def incremental_occlusion(net: nn.Module, images: Tensor, targets: Tensor, windo
         evaluator.advance(position_of_lane[lanes], zeros.expand(len(image_of_lane[lanes]), -1, -1, -1))
         occluded = evaluator.flush().float().gather(1, targets[image_of_lane[lanes], None].to(images.device))[:, 0]
         drops[lanes] = clean[image_of_lane[lanes].to(images.device)] - occluded
-    rows, cols = 1 + -(-(height - window) // stride), 1 + -(-(width - window) // stride)
+    rows, cols = occlusion_grid(height, width, window, stride)
     # spread each window's drop over its pixels and divide by the windows covering each pixel: a
     # transposed convolution with a ones kernel places the window at stride steps, cut at the border
     ones = torch.ones(1, 1, window, window, device=images.device)

@@ -44,6 +44,7 @@ passes (:func:`bagrepro.masking.masking_curves` does so with one log line).
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from dataclasses import dataclass, field
@@ -70,6 +71,18 @@ BINARY_METHODS = {"add", "mul", "sub"}
 
 class NotIncremental(Exception):
     """The model cannot be evaluated incrementally (the message says why); use full forward passes."""
+
+
+log = logging.getLogger(__name__)
+_REPORTED: set[tuple[str, str]] = set()
+
+
+def report_fallback(user: str, reason: NotIncremental, instead: str = "full forward passes") -> None:
+    """The one log line of a caller (``user``, e.g. 'masking') that falls back for ``reason``: once per
+    caller and reason (the reason names the model's class), however often it falls back."""
+    if (user, str(reason)) not in _REPORTED:
+        _REPORTED.add((user, str(reason)))
+        log.warning("%s: %s; %s instead", user, reason, instead)
 
 
 @dataclass
@@ -111,6 +124,27 @@ class _Plan:
     inplace: bool = False
     macs_full: int = 0  # multiply-adds of the whole node per lane (convolutions and linear layers)
     macs_window: int = 0  # ... of its window
+
+
+def _constants_broadcast(node: fx.Node, plan: _Plan, values: dict) -> bool:
+    """Whether every constant tensor argument of ``node`` is the same at every pixel (so it applies to
+    a window as to the map); ``values``: the nodes' values of a full pass."""
+    constants = [values[a] for a in node.all_input_nodes if a not in plan.inputs]
+    return all(not isinstance(c, torch.Tensor) or c.dim() < 2 or all(d == 1 for d in c.shape[-2:]) for c in constants)
+
+
+def _pixel_index(starts: torch.Tensor, size: tuple, height: int, width: int):
+    """Flat pixel indices ``(lane * H + row) * W + col`` [L, h, w] of per-lane windows (top-left
+    ``starts`` [L, 2], ``size`` (h, w)) in [L, H, W] maps, rows and columns clamped into the map, and
+    where the window reaches past the map: [L, h, w] bool, or None if nowhere."""
+    rows = starts[:, :1] + torch.arange(size[0])  # [L, h]
+    cols = starts[:, 1:] + torch.arange(size[1])  # [L, w]
+    outside_rows, outside_cols = (rows < 0) | (rows >= height), (cols < 0) | (cols >= width)
+    lane = torch.arange(len(starts))[:, None, None]
+    flat = (lane * height + rows.clamp(0, height - 1)[:, :, None]) * width + cols.clamp(0, width - 1)[:, None, :]
+    if not (outside_rows.any() or outside_cols.any()):
+        return flat, None
+    return flat, outside_rows[:, :, None] | outside_cols[:, None, :]
 
 
 def _pair(value) -> tuple[int, int]:
@@ -188,7 +222,8 @@ class IncrementalModel:
         self.lanes = 0
 
     # ---- the plan -------------------------------------------------------------------------------
-    def _classify(self, node: fx.Node, value, plans) -> _Plan:
+    def _classify(self, node: fx.Node, values: dict, plans: dict) -> _Plan:
+        value = values[node]
         plan = _Plan(node)
         derived = [a for a in node.all_input_nodes if plans[a].kind != "const"]
         changing = [a for a in derived if plans[a].kind != "shape"]
@@ -204,7 +239,7 @@ class IncrementalModel:
             plan.kind = "full"
         else:
             plan.inputs = changing
-            self._recognise(node, plan, plans)
+            self._recognise(node, plan, plans, values)
         if isinstance(value, torch.Tensor) and value.dim() == 4:
             plan.shape = tuple(value.shape[1:])
         plan.inplace = self._inplace(node)
@@ -218,7 +253,7 @@ class IncrementalModel:
             return bool(node.kwargs.get("inplace", False)) or name.endswith("_")
         return False
 
-    def _recognise(self, node: fx.Node, plan: _Plan, plans) -> None:
+    def _recognise(self, node: fx.Node, plan: _Plan, plans: dict, values: dict) -> None:
         """Sets plan.kind 'inc' and its op where the node is a supported map operation, else 'full'."""
         plan.kind = "full"
         if node.op == "call_module":
@@ -242,11 +277,11 @@ class IncrementalModel:
         if node.op not in ("call_function", "call_method"):
             return
         if pointwise and len(plan.inputs) == 1 and node.args and node.args[0] is plan.inputs[0]:
-            if self._constants_broadcast(node, plan):
+            if _constants_broadcast(node, plan, values):
                 plan.kind, plan.op = "inc", "pointwise"
         elif binary and len(node.args) == 2 and not node.kwargs:
             shapes = [plans[a].shape for a in plan.inputs]
-            if all(len(s) == 3 for s in shapes) and len(set(shapes)) == 1 and self._constants_broadcast(node, plan):
+            if all(len(s) == 3 for s in shapes) and len(set(shapes)) == 1 and _constants_broadcast(node, plan, values):
                 plan.kind, plan.op = "inc", "binary" if len(plan.inputs) == 2 else "pointwise"
         elif is_function and node.target is torch.cat:
             tensors = node.args[0]
@@ -260,12 +295,6 @@ class IncrementalModel:
                 if (all(i == slice(None) for i in index[:2]) and all(i.step in (None, 1) for i in index[2:])
                         and all(i.start is None or (isinstance(i.start, int) and i.start >= 0) for i in index[2:])):
                     plan.kind, plan.op = "inc", "slice"
-
-    def _constants_broadcast(self, node: fx.Node, plan: _Plan) -> bool:
-        """Whether every constant tensor argument is the same at every pixel (so it applies to a window as to the map)."""
-        constants = [a for a in node.all_input_nodes if a not in plan.inputs]
-        return all(not isinstance(self._static_values.get(a), torch.Tensor) or self._static_values[a].dim() < 2
-                   or all(d == 1 for d in self._static_values[a].shape[-2:]) for a in constants)
 
     def _geometry(self, plans: dict) -> None:
         """Windows per box position: sets size/starts (and kind 'full' where the window is too large)."""
@@ -396,7 +425,8 @@ class IncrementalModel:
         values: dict[fx.Node, object] = {}
         first = self.plans is None
         plans: dict[fx.Node, _Plan] = {} if first else self.plans
-        self._static_values = values
+        # once the plan exists, a value no later node reads and that is not kept is freed at once
+        remaining = {node: len(node.users) for node in plans}
         output = None
         for node in self.graph_module.graph.nodes:
             if node.op == "placeholder":
@@ -411,13 +441,16 @@ class IncrementalModel:
                 value = self._run_node(node, args, kwargs)
             values[node] = value
             if first:
-                plans[node] = self._classify(node, value, plans)
+                plans[node] = self._classify(node, values, plans)
+            for argument in () if first else node.all_input_nodes:
+                remaining[argument] -= 1
+                if remaining[argument] == 0 and not (plans[argument].stored or plans[argument].kind in ("const", "shape")):
+                    del values[argument]
         if first:
             self._geometry(plans)
             self._storage(plans)
             self._macs(plans, values)
             self.plans = plans
-        self._static_values = {}
         self.states = {n: values[n].contiguous(memory_format=torch.channels_last) for n, p in plans.items() if p.stored}
         self.cached = {n: values[n] for n, p in plans.items() if p.kind in ("const", "shape")}
         self.kept = {n: t.clone() for n, t in self.states.items()} if keep else None
@@ -448,24 +481,17 @@ class IncrementalModel:
             return crops[node][0]
         state = self.states[node]
         lanes, channels, height, width = state.shape
-        rows = starts[:, :1] + torch.arange(size[0])  # [L, h]
-        cols = starts[:, 1:] + torch.arange(size[1])  # [L, w]
-        outside_rows, outside_cols = (rows < 0) | (rows >= height), (cols < 0) | (cols >= width)
-        lane = torch.arange(lanes)[:, None, None]
-        flat = (lane * height + rows.clamp(0, height - 1)[:, :, None]) * width + cols.clamp(0, width - 1)[:, None, :]
+        flat, outside = _pixel_index(starts, size, height, width)
         pixels = state.permute(0, 2, 3, 1).reshape(-1, channels)  # a view: the maps are channels-last
         crop = pixels.index_select(0, flat.reshape(-1).to(state.device)).view(lanes, size[0], size[1], channels)
-        if outside_rows.any() or outside_cols.any():
-            outside = (outside_rows[:, :, None] | outside_cols[:, None, :]).to(state.device)
-            crop = crop.masked_fill(outside[..., None], pad_value)
+        if outside is not None:
+            crop = crop.masked_fill(outside[..., None].to(state.device), pad_value)
         return crop.permute(0, 3, 1, 2)
 
     def _scatter(self, node: fx.Node, starts: torch.Tensor, crop: torch.Tensor) -> None:
         state = self.states[node]
-        lanes, channels, height, width = state.shape
-        rows = starts[:, :1] + torch.arange(crop.shape[-2])
-        cols = starts[:, 1:] + torch.arange(crop.shape[-1])
-        flat = (torch.arange(lanes)[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+        channels, height, width = state.shape[1:]
+        flat, _ = _pixel_index(starts, crop.shape[-2:], height, width)  # a node's windows lie inside its map
         pixels = state.permute(0, 2, 3, 1).reshape(-1, channels)
         pixels.index_copy_(0, flat.reshape(-1).to(state.device), crop.permute(0, 2, 3, 1).reshape(-1, channels).to(state.dtype))
 
@@ -537,7 +563,11 @@ class IncrementalModel:
             cols = starts[:, 1:] + torch.arange(plan.size[1])
             inside = (((rows >= top[:, :1]) & (rows < top[:, :1] + self.box[0]))[:, :, None]
                       & ((cols >= top[:, 1:]) & (cols < top[:, 1:] + self.box[1]))[:, None, :])
-            new = _crop_of(source, starts, plan.size).to(current)
+            height, width = source.shape[-2:]
+            flat, _ = _pixel_index(starts, plan.size, height, width)  # the input's windows lie inside it
+            flat = flat.to(source.device)
+            # [L, C, H*W] is a view for contiguous, channels-last and expanded sources alike
+            new = source.flatten(2)[flat // (height * width), :, flat % (height * width)].permute(0, 3, 1, 2).to(current)
             return torch.where(inside[:, None].to(current.device), new, current)
         if plan.op == "window":
             rows, cols = plan.windows
@@ -574,12 +604,3 @@ def _format_of(weight: torch.Tensor) -> torch.memory_format:
     if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
-
-
-def _crop_of(source: torch.Tensor, starts: torch.Tensor, size: tuple) -> torch.Tensor:
-    """source [L, C, H, W] at per-lane starts [L, 2] (inside the map), size (h, w) -> [L, C, h, w]."""
-    lanes, channels, height, width = source.shape
-    rows = starts[:, :1] + torch.arange(size[0])
-    cols = starts[:, 1:] + torch.arange(size[1])
-    lane = torch.arange(lanes)[:, None, None]
-    return source[lane.to(source.device), :, rows[:, :, None].to(source.device), cols[:, None, :].to(source.device)].permute(0, 3, 1, 2)

@@ -14,16 +14,12 @@ untouched. Patch index p = row * grid_width + column.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import ConfigError
-from .incremental import IncrementalModel, NotIncremental
-
-log = logging.getLogger(__name__)
+from .incremental import IncrementalModel, NotIncremental, report_fallback
 
 FILLS = ("dc", "zero", "blur")
 SIGNS = ("signed", "positive", "absolute")
@@ -88,7 +84,6 @@ def ranks_from_scores(scores: torch.Tensor) -> torch.Tensor:
 #: how masking curves are computed: 'incremental' (:mod:`bagrepro.incremental`; a model it cannot
 #: trace falls back to 'batched' with one log line) or 'batched' (a full forward pass per (image, step))
 ENGINES = ("incremental", "batched")
-_FALLEN_BACK: set[str] = set()  # models already reported as not incremental (one log line each)
 
 
 def grid_positions(height: int, width: int, patch: int) -> torch.Tensor:
@@ -116,10 +111,7 @@ def masking_curves(model, images: torch.Tensor, ranks: torch.Tensor, leading: to
         try:
             return incremental_masking_curves(model, images, ranks, leading, steps, patch, fill, chunk_size)
         except NotIncremental as reason:
-            name = type(model).__name__
-            if name not in _FALLEN_BACK:
-                _FALLEN_BACK.add(name)
-                log.warning("masking: %s; full forward passes instead", reason)
+            report_fallback("masking", reason)
     return batched_masking_curves(model, images, ranks, leading, steps, patch, fill, chunk_size)
 
 

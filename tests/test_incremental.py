@@ -175,7 +175,7 @@ def test_an_untraceable_model_falls_back_to_full_passes_with_one_log_line(caplog
     inputs = torch.randn(2, 3, HEIGHT, WIDTH)
     ranks = ranks_from_scores(torch.randn(2, 7 * 8))
     leading = torch.zeros(2, dtype=torch.long)
-    with caplog.at_level(logging.WARNING, logger="bagrepro.masking"):
+    with caplog.at_level(logging.WARNING, logger="bagrepro.incremental"):
         first = masking_curves(model, inputs, ranks, leading, 4)
         masking_curves(model, inputs, ranks, leading, 4)
     lines = [r for r in caplog.records if "DataDependent" in r.getMessage()]
