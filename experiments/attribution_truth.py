@@ -86,7 +86,7 @@ PER_IMAGE_COLUMNS = ["part", "model", "role", "method", "image_id", "metric", "v
 @dataclass(frozen=True)
 class Settings:
     """num_images: images per model (the first of the profile's); methods: the registered attribution
-    methods to score (default: every one, in registration order); left_out: of those, the ones not
+    methods to score (default None: every one registered when the run starts, in registration order); left_out: of those, the ones not
     run (a profile's time budget: a method registered later still runs there); black_box: BagNet roles whose
     exact dense heatmaps enter Part B as black-box maps; random_baseline: score a random map too
     (the floor every method should beat); top_fraction: the share of windows in the top overlap;
@@ -101,7 +101,7 @@ class Settings:
     inputs per forward pass of Occlusion, Kernel SHAP and LIME (memory and speed, not results)."""
 
     num_images: int = 100
-    methods: tuple[str, ...] = attribution.attribution_methods()
+    methods: tuple[str, ...] | None = None
     left_out: tuple[str, ...] = ()
     black_box: tuple[str, ...] = BAGNET_ROLES
     random_baseline: bool = True
@@ -118,7 +118,7 @@ class Settings:
     perturbations_per_eval: int | None = None
 
     def __post_init__(self):
-        for method in (*self.methods, *self.left_out):
+        for method in (*(self.methods or ()), *self.left_out):
             attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
         if not 0 < self.top_fraction <= 1:
             raise ConfigError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
@@ -129,8 +129,10 @@ class Settings:
             raise ConfigError(f"no registered attribution method takes option(s) {', '.join(unknown)}")
 
     def scored_methods(self) -> list[str]:
-        """The registered methods this run scores: ``methods`` but ``left_out``."""
-        return [method for method in self.methods if method not in self.left_out]
+        """The registered methods this run scores: ``methods`` (None: every method registered when the
+        run starts, not when this module was imported) but ``left_out``."""
+        methods = attribution.attribution_methods() if self.methods is None else self.methods
+        return [method for method in methods if method not in self.left_out]
 
     def method_options(self) -> dict[str, int]:
         """The options set here (not None), by the registry's option names."""
