@@ -110,7 +110,8 @@ def batch_size_argument(text: str) -> int | str:
 
 
 def list_settings(experiment_names: list[str], profile_name: str) -> None:
-    """Each named experiment's settings: field, type, the paper's default, the value on the profile."""
+    """Each named experiment's settings: field, type, the value on the profile (with the default where
+    the profile changes it), and whose the default is (the paper's, with where; ours, with why)."""
     from bagrepro.profiles import get_profile
     from bagrepro.runner import experiment_settings, select_experiments
     from bagrepro.settings import describe
@@ -120,9 +121,10 @@ def list_settings(experiment_names: list[str], profile_name: str) -> None:
         rows = describe(experiment_settings(experiment, profile))
         print(f"{experiment.name} ({experiment.paper_ref}) on profile '{profile.name}':"
               + ("" if rows else " no settings"))
-        for field, kind, default, value in rows:
-            changed = "" if value == default else f"   (paper: {default!r})"
+        for field, kind, default, value, whose in rows:
+            changed = "" if value == default else f"   (default: {default!r})"
             print(f"  {field:<16} {kind:<28} {value!r}{changed}")
+            print(f"  {'':<16} default: {whose or 'not labelled'}")
 
 
 def list_recipe(pairs: list[str] | None) -> None:
@@ -132,7 +134,7 @@ def list_recipe(pairs: list[str] | None) -> None:
     from bagrepro.tuning import FINETUNE_ZOO, parse_recipe
 
     print("training recipe of --profile custom --data DIR --train (change with --recipe KEY=VALUE):")
-    for field, kind, _, value in describe(parse_recipe(pairs)):
+    for field, kind, _, value, _ in describe(parse_recipe(pairs)):
         default = getattr(FINETUNE_RECIPE, field)
         changed = "" if value == default else f"   (default: {default!r})"
         print(f"  {field:<24} {kind:<14} {value!r}{changed}")

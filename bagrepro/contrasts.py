@@ -19,6 +19,7 @@ correlation with VGG-16 rises with q (Fig. 1C); scrambling hurts deep models mor
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +39,17 @@ SCRAMBLE_GRID = 4  # the reproducibility report's 4 x 4 tiles
 
 @dataclass(frozen=True)
 class Contrast:
-    """One finding: ``finding`` (the paper's claim), ``paper`` (its numbers), ``ours`` (this run's,
-    with 95 % intervals), ``verdict`` (see the module docstring), ``source`` (the CSV it comes from)."""
+    """One finding: ``finding`` (the claim), ``paper`` (the reference's words or numbers, from
+    :mod:`bagrepro.paper`), ``ours`` (this run's, with 95 % intervals), ``verdict`` (see the module
+    docstring), ``source`` (the CSV it comes from), ``reference_source`` (where ``paper`` is stated:
+    "paper, Fig. 1B", "repro report, 15-scene", ...; empty where the row quotes no source)."""
 
     finding: str
     paper: str
     ours: str
     verdict: str
     source: str
+    reference_source: str = ""
 
 
 def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
@@ -88,28 +92,42 @@ def _paired(frame: pd.DataFrame, value: str, model_a: str, model_b: str) -> np.n
     return (wide[model_a] - wide[model_b]).to_numpy(np.float64) if len(wide.columns) == 2 else np.zeros(0)
 
 
+def _accuracy_metric(results: Path) -> str:
+    """The metric the accuracy experiment's profile compares ('top5' as the paper; 'top1' where the
+    data has too few classes for top-5 to tell models apart), from its sidecar."""
+    path = results / "accuracy" / "predictions.meta.json"
+    try:
+        return str(json.loads(path.read_text()).get("accuracy_metric") or "top5")
+    except (OSError, ValueError):
+        return "top5"
+
+
 def accuracy_rises_with_q(results: Path) -> Contrast:
     """Accuracy rises with q (Fig. 1B)."""
     source = "results/accuracy/predictions.csv"
     predictions = _read(results, "accuracy", "predictions.csv")
     finding = "Accuracy rises with the patch size q (BagNet-9 < BagNet-17 < BagNet-33)"
-    refs = [paper.reference_accuracy(r) for r in ("bagnet9", "bagnet17", "bagnet33")]
-    paper_text = "top-1 " + " / ".join(f"{ref[0]:.1f}" for ref in refs) + " %"
+    reference = paper.FIG1B_TOP5
+    paper_text = ("top-5 " + " / ".join(f"{reference[r]:.1f}" for r in ("bagnet17", "bagnet33"))
+                  + " % (BagNet-17 / -33; none for BagNet-9)")
     roles = _by_role(predictions) if predictions is not None else {}
     if not all(r in roles for r in ("bagnet9", "bagnet17", "bagnet33")):
-        return Contrast(finding, paper_text, "", NOT_RUN, source)
+        return Contrast(finding, paper_text, "", NOT_RUN, source, reference.source)
+    metric = _accuracy_metric(results)
+    column, label = f"correct_{metric}", metric.replace("top", "top-")
     parts, verdicts = [], []
     for role in ("bagnet9", "bagnet17", "bagnet33"):
-        rows = predictions[predictions["model"] == roles[role]]["correct_top1"]
+        rows = predictions[predictions["model"] == roles[role]][column]
         correct, total = int(round(rows.sum())), len(rows)
         low, high = proportion_interval(correct, total)
         parts.append(f"{role}: {_interval(100 * correct / total, 100 * low, 100 * high, 1)} %")
     for small, large in (("bagnet9", "bagnet17"), ("bagnet17", "bagnet33")):
-        gain = _paired(predictions, "correct_top1", roles[large], roles[small])
+        gain = _paired(predictions, column, roles[large], roles[small])
         low, high = mean_interval(gain)
         verdicts.append(_verdict_of(resolution(low, high), "above"))
         parts.append(f"{large} - {small}: {_interval(100 * gain.mean(), 100 * low, 100 * high, 1)} points")
-    return Contrast(finding, paper_text, "; ".join(parts) + f" (top-1, n={total})", _combine(verdicts), source)
+    return Contrast(finding, paper_text, "; ".join(parts) + f" ({label}, n={total})", _combine(verdicts), source,
+                    reference.source)
 
 
 def blind_to_arrangements(results: Path) -> Contrast:
@@ -173,9 +191,10 @@ def logit_correlation_rises(results: Path) -> Contrast:
     finding = "The correlation of BagNet logits with VGG-16's rises with q"
     paper_text = "Pearson r " + " / ".join(f"{paper.LOGIT_CORRELATION_WITH_VGG16[r]:.2f}"
                                           for r in ("bagnet9", "bagnet17", "bagnet33"))
+    cited = paper.LOGIT_CORRELATION_WITH_VGG16.source
     summary = _read(results, "logit_correlation", "summary.csv")
     if summary is None or not {"bagnet9", "bagnet33"} <= set(summary["role"]):
-        return Contrast(finding, paper_text, "", NOT_RUN, source)
+        return Contrast(finding, paper_text, "", NOT_RUN, source, cited)
     rows = summary.set_index("role")
     parts = [f"{role}: {_interval(rows.at[role, 'pooled_r'], rows.at[role, 'pooled_r_low'], rows.at[role, 'pooled_r_high'])}"
              for role in ("bagnet9", "bagnet17", "bagnet33") if role in rows.index]
@@ -188,19 +207,21 @@ def logit_correlation_rises(results: Path) -> Contrast:
     else:
         verdict = NOT_RESOLVED
     return Contrast(finding, paper_text, "; ".join(parts) + " (pooled r; resolved when the 9 and 33 intervals do "
-                    "not overlap)", verdict, source)
+                    "not overlap)", verdict, source, cited)
 
 
 def scrambling_hurts_deep_models_more(results: Path) -> Contrast:
-    """Scrambling hurts deep models more than BagNet-33 (Fig. 5)."""
+    """Scrambling tiles hurts deep models more than BagNet-33 (the reproducibility report's protocol)."""
     source = "results/scrambling/predictions.csv"
-    finding = f"Scrambling {SCRAMBLE_GRID}x{SCRAMBLE_GRID} tiles hurts deep networks more than BagNet-33"
+    finding = (f"Scrambling {SCRAMBLE_GRID}x{SCRAMBLE_GRID} tiles hurts deep networks more than BagNet-33 (the "
+               f"reproducibility report's experiment, not the paper's)")
     report = paper.SCRAMBLED_4X4_REPORT
-    paper_text = "; ".join(f"{role} {report[role][0]:.3f} -> {report[role][1]:.2f}"
-                           for role in ("bagnet33", "resnet50", "densenet169"))
+    paper_text = ("15-scene top-1: " + "; ".join(f"{role} {report[role][0]:.3f} -> {report[role][1]:.2f}"
+                                                 for role in ("bagnet33", "resnet50", "densenet169"))
+                  + " (another data set: only the direction compares)")
     predictions = _read(results, "scrambling", "predictions.csv")
     if predictions is None:
-        return Contrast(finding, paper_text, "", NOT_RUN, source)
+        return Contrast(finding, paper_text, "", NOT_RUN, source, report.source)
     predictions = predictions.assign(correct_top1=predictions["correct_top1"].astype(float))  # True/False in some CSVs
     clean = predictions[predictions["method"] == "clean"].set_index(["model", "image_id"])["correct_top1"]
     scrambled = predictions[(predictions["method"] == "tiles") & (predictions["grid"] == SCRAMBLE_GRID)]
@@ -209,7 +230,7 @@ def scrambling_hurts_deep_models_more(results: Path) -> Contrast:
     roles = _by_role(predictions)
     drops["role"] = drops["model"].map({model: role for role, model in roles.items()})
     if "bagnet33" not in roles or drops.empty:
-        return Contrast(finding, paper_text, "", NOT_RUN, source)
+        return Contrast(finding, paper_text, "", NOT_RUN, source, report.source)
     parts, verdicts = [], []
     for role in ("bagnet33", *DEEP_ROLES):
         if role not in roles:
@@ -223,7 +244,7 @@ def scrambling_hurts_deep_models_more(results: Path) -> Contrast:
             verdicts.append(_verdict_of(resolution(low, high), "above"))
             parts.append(f"{role} - bagnet33: {_interval(more.mean(), low, high)}")
     return Contrast(finding, paper_text, "; ".join(parts) + " (top-1 drop, clean - scrambled)", _combine(verdicts),
-                    source)
+                    source, report.source)
 
 
 def bagnet_heatmaps_beat_white_box(results: Path) -> Contrast:
@@ -231,10 +252,14 @@ def bagnet_heatmaps_beat_white_box(results: Path) -> Contrast:
     source = "results/masking/comparisons.csv"
     finding = "Masking in the order of a BagNet heatmap lowers the tested model's p(leading class) more than white-box attributions (Table 1)"
     paper_text = ("e.g. VGG-16: best BagNet (BN-17) " f"{paper.table1_value('vgg16', 'bagnet17'):.3f}"
-                  f" vs best white-box (DeepLIFT) {paper.table1_value('vgg16', 'deeplift'):.3f}")
+                  f" vs best white-box (DeepLIFT) {paper.table1_value('vgg16', 'deeplift'):.3f}"
+                  " after 100 patches; ResNet-50: BN-17 "
+                  f"{paper.table1_value('resnet50', 'bagnet17'):.3f} vs DeepLIFT "
+                  f"{paper.table1_value('resnet50', 'deeplift'):.3f}")
+    cited = paper.TABLE1.source
     table = _read(results, "masking", "comparisons.csv")
     if table is None or table.empty:
-        return Contrast(finding, paper_text, "", NOT_RUN, source)
+        return Contrast(finding, paper_text, "", NOT_RUN, source, cited)
     parts, verdicts = [], []
     for (model, role), rows in table.groupby(["model", "role"], sort=False, dropna=False):
         best_bagnet = rows.loc[rows["bagnet_p"].idxmin(), "bagnet_method"]
@@ -246,7 +271,7 @@ def bagnet_heatmaps_beat_white_box(results: Path) -> Contrast:
                      f"{_interval(row['bagnet_minus_white_box'], row['bagnet_minus_white_box_low'], row['bagnet_minus_white_box_high'])}"
                      f" (n={int(row['n_images'])}, k={int(row['k'])})")
     return Contrast(finding, paper_text, "; ".join(parts) + " (best BagNet heatmap minus best white-box method; "
-                    "< 0: the BagNet heatmap is better)", _combine(verdicts), source)
+                    "< 0: the BagNet heatmap is better)", _combine(verdicts), source, cited)
 
 
 #: the findings, in the order the report lists them

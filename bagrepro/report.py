@@ -1,9 +1,10 @@
 """The reproduction report: ``figures/report.html``, built from results and figures alone.
 
 Self-contained (figures embedded as PNG data URIs, no external resource), readable offline in any
-browser. Per experiment: what it tests, its figures, and a table with the paper's value, ours and the
-difference wherever the paper has a number; an experiment that has not run shows as not run. A
-provenance block lists profile, models and weights (with hashes), data, seed, commit, packages,
+browser. Per experiment: what it tests, its figures, and a table with ours, the reference value and
+its source (the paper's section, figure or table, the reproducibility report, torchvision's
+documentation: :mod:`bagrepro.paper`) and the difference wherever a source has a number; an
+experiment that has not run shows as not run. A provenance block lists profile, models and weights (with hashes), data, seed, commit, packages,
 device and wall time per experiment, read from the CSV sidecars.
 """
 
@@ -22,22 +23,30 @@ from .atomic import atomic_path
 from .contrasts import contrasts
 from .metrics import proportion_interval
 
-COMPARISON_COLUMNS = ("metric", "ours", "ours_low", "ours_high", "paper", "difference", "paper_vs_ours")
+COMPARISON_COLUMNS = ("metric", "ours", "ours_low", "ours_high", "reference", "source", "difference",
+                      "reference_vs_ours")
 
 
-def comparison(frame: pd.DataFrame, ids: list[str], metric: str, ours: str, paper: str) -> pd.DataFrame:
+def comparison(frame: pd.DataFrame, ids: list[str], metric: str, ours: str, reference: str) -> pd.DataFrame:
     """A report table: id columns, the metric's name, ours with its 95 % interval (the summary's
-    ``<ours>_low`` / ``<ours>_high`` columns; NaN where it has none), the paper's value, ours - paper,
-    and whether the paper's value lies inside our interval."""
+    ``<ours>_low`` / ``<ours>_high`` columns; NaN where it has none), the reference value (the
+    summary's ``reference`` column, from :mod:`bagrepro.paper`) and its ``source`` (the summary's
+    ``<reference>_source`` column: "paper, Fig. 1B", "torchvision docs (IMAGENET1K_V1)", ...; empty
+    where there is no reference), ours - reference, and whether the reference lies inside our interval."""
     table = frame[ids].copy()
     table["metric"] = metric
     table["ours"] = frame[ours].to_numpy()
     for bound in ("low", "high"):
         table[f"ours_{bound}"] = frame[f"{ours}_{bound}"].to_numpy() if f"{ours}_{bound}" in frame else float("nan")
-    table["paper"] = frame[paper].to_numpy() if paper in frame else float("nan")
-    table["difference"] = pd.to_numeric(table["ours"], errors="coerce") - pd.to_numeric(table["paper"], errors="coerce")
-    table["paper_vs_ours"] = [_verdict(None if pd.isna(reference) else reference, (low, high)) for reference, low, high
-                              in zip(pd.to_numeric(table["paper"], errors="coerce"), table["ours_low"], table["ours_high"])]
+    table["reference"] = frame[reference].to_numpy() if reference in frame else float("nan")
+    sources = frame[f"{reference}_source"] if f"{reference}_source" in frame else pd.Series("", index=frame.index)
+    numeric = pd.to_numeric(table["reference"], errors="coerce")
+    given = [not (pd.isna(value) or value == "") for value in table["reference"]]
+    table["source"] = [str(source) if present and isinstance(source, str) else "" for source, present
+                       in zip(sources, given)]
+    table["difference"] = pd.to_numeric(table["ours"], errors="coerce") - numeric
+    table["reference_vs_ours"] = [_verdict(None if pd.isna(value) else value, (low, high)) for value, low, high
+                                  in zip(numeric, table["ours_low"], table["ours_high"])]
     return table
 
 
@@ -118,7 +127,7 @@ def _provenance_html(sections: list[tuple[str, list[dict]]]) -> str:
 
 def _scope_html(sections: list[tuple[str, list[dict]]]) -> str:
     """What the numbers are: a warning when they do not come from the paper's setting (another
-    profile than 'paper', so the paper column is for orientation only), or when the results folder
+    profile than 'paper', so the reference column is for orientation only), or when the results folder
     mixes runs of several profiles."""
     profiles = {name: sorted({str(meta.get("profile")) for meta in metas}) for name, metas in sections if metas}
     if not profiles:
@@ -133,7 +142,7 @@ def _scope_html(sections: list[tuple[str, list[dict]]]) -> str:
     data = next(metas[0].get("data", "") for _, metas in sections if metas)
     return (f'<p class="scope">Profile <em>{html.escape(distinct[0])}</em>: these numbers come from '
             f"{html.escape(str(data))} and that profile's models, not from the ImageNet validation set with the "
-            f"released weights. The <em>paper</em> columns are there for orientation; the differences do not "
+            f"released weights. The <em>reference</em> columns are there for orientation; the differences do not "
             f"measure how well the paper reproduces (run the paper profile for that).</p>")
 
 
@@ -199,14 +208,15 @@ def _training_html(out: Path) -> str:
 def _contrasts_html(out: Path) -> str:
     """The paper's findings against this run (:mod:`bagrepro.contrasts`), first on the page."""
     rows = "".join(
-        f"<tr><td>{html.escape(c.finding)}</td><td>{html.escape(c.paper)}</td><td>{html.escape(c.ours)}</td>"
+        f"<tr><td>{html.escape(c.finding)}</td><td>{html.escape(c.paper)}</td><td>{html.escape(c.reference_source)}</td>"
+        f"<td>{html.escape(c.ours)}</td>"
         f"<td class='verdict {c.verdict.replace(' ', '-')}'>{html.escape(c.verdict)}</td>"
         f"<td><code>{html.escape(c.source)}</code></td></tr>" for c in contrasts(out))
     return ("<h2 id='contrasts'>The paper's findings in this run</h2>"
             "<p>Computed from the CSVs below; every number of ours with its 95 % interval (exact for accuracies, "
             "a seeded bootstrap over images otherwise). <em>agrees</em>: the sample resolves the effect in the "
             "paper's direction; <em>not resolved</em>: its interval holds no effect; <em>disagrees</em>: it resolves "
-            "the opposite.</p><table class='contrasts'><thead><tr><th>the paper's finding</th><th>paper</th>"
+            "the opposite.</p><table class='contrasts'><thead><tr><th>the finding</th><th>reference</th><th>source</th>"
             f"<th>this run [95 % interval]</th><th>verdict</th><th>from</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
@@ -258,8 +268,10 @@ def build_report(out: Path, experiments) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>bagrepro report</title>"
             f"<style>{STYLE}</style></head><body>"
             f"<h1>Reproduction of Brendel &amp; Bethge (ICLR 2019): Approximating CNNs with Bag-of-local-Features models</h1>"
-            f"<p>Generated {stamp} by bagrepro from the CSVs under results/. Paper values: the paper and its "
-            f"reproducibility report (see each table's <em>paper</em> column).</p>"
+            f"<p>Generated {stamp} by bagrepro from the CSVs under results/. Reference values: each table's "
+            f"<em>reference</em> column, with its <em>source</em> beside it (the paper's section, figure or "
+            f"table, the reproducibility report, or torchvision's documentation); an empty cell: the "
+            f"source gives no number there.</p>"
             + _scope_html(sections)
             + _contrasts_html(out)
             + _training_html(out)

@@ -50,6 +50,7 @@ from .results import (
     write_npz,
 )
 from .settings import NoSettings
+from .settings import provenance as settings_provenance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -580,6 +581,8 @@ class RunContext:
             "config": {**self.run_config(), "batch_size": self.batch_size, "models": self.model_names,
                        "weights_dir": self.options.weights_dir},
             "settings": dataclasses.asdict(self.settings),
+            # whose each setting's default is: the paper's (with where), ours (with why), or mechanics
+            "settings_provenance": settings_provenance(type(self.settings)),
             "data": images.description,
             "num_images": len(images),
             "skipped_images": len(self.skipped),

@@ -1,6 +1,11 @@
 """Typed experiment settings: each experiment declares a frozen dataclass whose defaults are the
 paper's protocol; a profile overrides some fields by name, and this module checks those overrides.
 
+Every field says whose its default is (:func:`paper_setting`: the paper states it, with where;
+:func:`our_setting`: the paper leaves it open, with why we chose it; :func:`mechanics_setting`: how
+the work is done, not what it computes). ``run_all.py --list --experiment X``, the CSV sidecars and
+``docs/protocol.md`` show it.
+
 An unknown experiment or field, or a value of the wrong type, is a :class:`ConfigError` in one line
 that names the valid choices, so a misspelt key can never be silently ignored. Torch-free.
 
@@ -16,6 +21,36 @@ import typing
 from typing import Any, Mapping
 
 from .errors import ConfigError
+
+
+#: the key of a setting's field metadata that says whose value its default is
+PROVENANCE = "provenance"
+#: how a provenance begins: the paper states it (with its section, figure or table); an open choice of
+#: ours (with why); a setting of how the work is done that leaves the results unchanged
+PAPER, OURS, MECHANICS = "paper", "ours", "mechanics"
+
+
+def paper_setting(default, where: str, note: str = ""):
+    """A setting whose default the paper states: ``where`` names its section, figure or table
+    ('Table 1', 'Sec. 4.1'); ``note`` adds how we read it. A dataclass field."""
+    text = f"{PAPER}, {where}" + (f": {note}" if note else "")
+    return dataclasses.field(default=default, metadata={PROVENANCE: text})
+
+
+def our_setting(default, why: str):
+    """A setting the paper leaves open: the default is our choice, ``why`` says why. A dataclass field."""
+    return dataclasses.field(default=default, metadata={PROVENANCE: f"{OURS}: {why}"})
+
+
+def mechanics_setting(default, what: str = "memory and speed, not results"):
+    """A setting of how the work is done that leaves the results unchanged. A dataclass field."""
+    return dataclasses.field(default=default, metadata={PROVENANCE: f"{MECHANICS}: {what}"})
+
+
+def provenance(settings_type: type) -> dict[str, str]:
+    """field -> whose its default is ('paper, Table 1', 'ours: ...', 'mechanics: ...'); '' for a
+    field declared without one of the helpers above (``tests/test_settings.py`` allows none)."""
+    return {field.name: field.metadata.get(PROVENANCE, "") for field in dataclasses.fields(settings_type)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +118,12 @@ def resolve(settings_type: type, overrides: Mapping[str, Any], where: str):
     return settings_type(**values)
 
 
-def describe(settings) -> list[tuple[str, str, Any, Any]]:
-    """(field, type, paper default, value here) for every field of a settings instance."""
+def describe(settings) -> list[tuple[str, str, Any, Any, str]]:
+    """(field, type, default, value here, whose the default is) for every field of a settings instance."""
     hints = typing.get_type_hints(type(settings))
     rows = []
     for field in dataclasses.fields(settings):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        rows.append((field.name, _type_name(hints[field.name]), default, getattr(settings, field.name)))
+        rows.append((field.name, _type_name(hints[field.name]), default, getattr(settings, field.name),
+                     field.metadata.get(PROVENANCE, "")))
     return rows

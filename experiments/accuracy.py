@@ -5,7 +5,8 @@ Writes ``results/accuracy/``:
   class's logit and probability, correct_top1 / correct_top5 (later experiments reuse these rows),
   then the true class's name (``true_class_name``: the ImageNet name of a synset, else the class
   folder's name);
-- ``summary.csv``: per model top-1 / top-5 (%) beside the paper's reference numbers, then
+- ``summary.csv``: per model top-1 / top-5 (%) beside the reference numbers and their sources (the
+  paper gives top-5 only, for BagNet-17 and -33; torchvision documents the deep models), then
   ``top1_low``, ``top1_high``, ``top5_low``, ``top5_high``: their exact (Clopper-Pearson) 95 %
   intervals in %;
 - ``per_class.csv``: per (model, class) top-1 / top-5 (%), for Fig. 7, then ``class_name``, then the
@@ -45,17 +46,20 @@ METRICS = ("top1", "top5")
 
 
 def summarize(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Per model: images, top-1 / top-5 in %, the paper's reference numbers beside them, then the
-    exact 95 % intervals of top-1 / top-5 (%)."""
+    """Per model: images, top-1 / top-5 in %, the reference numbers beside them (``reference_top1``,
+    ``reference_top5`` and their ``_source``: the paper's Fig. 1B top-5 for BagNet-17 and -33,
+    torchvision's documented V1 accuracies for the deep networks; empty where no source gives one),
+    ours - reference, then the exact 95 % intervals of top-1 / top-5 (%)."""
     summary = (predictions.groupby(["model", "role"], dropna=False, sort=False)
                .agg(n_images=("image_id", "size"), top1=("correct_top1", "mean"), top5=("correct_top5", "mean"))
                .reset_index())
     summary[["top1", "top5"]] *= 100
-    reference = summary["role"].map(lambda role: paper.reference_accuracy(role) if isinstance(role, str) else None)
-    summary["paper_top1"] = reference.map(lambda ref: ref[0] if ref else np.nan)
-    summary["paper_top5"] = reference.map(lambda ref: ref[1] if ref else np.nan)
-    summary["diff_top1"] = summary["top1"] - summary["paper_top1"]
-    summary["diff_top5"] = summary["top5"] - summary["paper_top5"]
+    references = summary["role"].map(lambda role: paper.reference_accuracy(role) if isinstance(role, str) else {})
+    for metric in METRICS:
+        summary[f"reference_{metric}"] = references.map(lambda refs: refs[metric][0] if metric in refs else np.nan)
+        summary[f"reference_{metric}_source"] = references.map(lambda refs: refs[metric][1] if metric in refs else "")
+    for metric in METRICS:
+        summary[f"diff_{metric}"] = summary[metric] - summary[f"reference_{metric}"]
     return with_accuracy_intervals(summary)
 
 
@@ -92,7 +96,8 @@ def per_group(predictions: pd.DataFrame, class_groups: list[str]) -> pd.DataFram
 def run(ctx: RunContext) -> None:
     images = ctx.images()
     predictions = clean_predictions(ctx, ctx.model_names)
-    meta = {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)"}
+    meta = {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)",
+            "accuracy_metric": ctx.profile.accuracy_metric}  # what the contrasts compare (bagrepro.contrasts)
     ctx.write_csv(with_class_names(predictions, images.classes, "true_class_name"), "predictions.csv", **meta)
     ctx.write_csv(summarize(predictions), "summary.csv", **meta)
     ctx.write_csv(with_accuracy_intervals(with_class_names(per_class(predictions), images.classes, "class_name")),
@@ -111,7 +116,8 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     for ax, metric in zip(axes, ("top1", "top5")):
         ax.bar(x - 0.2, summary[metric], 0.4, color=OURS_COLOUR, label="ours (95 % interval)",
                yerr=error_bars(summary, metric), capsize=2, error_kw={"lw": 0.8})
-        ax.bar(x + 0.2, summary[f"paper_{metric}"].fillna(0), 0.4, color=PAPER_COLOUR, label="paper / reference")
+        ax.bar(x + 0.2, summary[f"reference_{metric}"].fillna(0), 0.4, color=PAPER_COLOUR,
+               label="reference (BagNets: paper, top-5 only; deep: torchvision docs)")
         tops = summary.get(f"{metric}_high", summary[metric]).fillna(summary[metric])
         for xi, value, top in zip(x, summary[metric], tops):
             ax.text(xi - 0.2, top + 1, f"{value:.1f}", ha="center", fontsize=7)
@@ -119,13 +125,14 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         ax.set_title(f"{metric.replace('top', 'top-')} accuracy (%)")
         ax.set_ylim(0, 108)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")  # clear of the bars
-    fig.suptitle("Fig. 1B: accuracy (paper: released BagNets; torchvision V1 docs for deep models)", fontsize=9)
+    fig.suptitle("Fig. 1B: accuracy (reference: the paper's top-5 of BagNet-17 / -33; torchvision V1 docs for deep "
+                 "models; no bar: no source gives a number)", fontsize=8)
     return save_figure(fig, figures_dir / "fig1b_accuracy")
 
 
 def report_table(results_dir: Path):
     summary = read_csv(results_dir / "summary.csv")
-    return pd.concat([comparison(summary, ["model"], f"top-{k} (%)", f"top{k}", f"paper_top{k}") for k in (1, 5)],
+    return pd.concat([comparison(summary, ["model"], f"top-{k} (%)", f"top{k}", f"reference_top{k}") for k in (1, 5)],
                      ignore_index=True)
 
 

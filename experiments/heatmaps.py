@@ -27,6 +27,7 @@ from bagrepro.plan import Work
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+from bagrepro.settings import our_setting, paper_setting
 
 REFERENCE_ROLE = "vgg16"
 #: column titles of Fig. A.2 (other methods show their registry name)
@@ -36,13 +37,13 @@ METHOD_LABELS = {"saliency": "Saliency", "integrated_gradients": "Int. Grad.", "
 
 @dataclass(frozen=True)
 class Settings:
-    """num_images: seeded random images shown (Fig. 2 shows 10 rows); white_box: VGG-16's
-    attribution methods in Fig. A.2 (names in :mod:`bagrepro.attribution`'s registry; the paper's
-    four by default); ig_steps: Integrated Gradients' Riemann steps (DeepExplain's default, 100)."""
+    """num_images: seeded random images shown; white_box: VGG-16's attribution methods in Fig. A.2
+    (names in :mod:`bagrepro.attribution`'s registry); ig_steps: Integrated Gradients' Riemann steps."""
 
-    num_images: int = 10
-    white_box: tuple[str, ...] = attribution.PAPER_METHODS
-    ig_steps: int = 100
+    num_images: int = paper_setting(10, "Fig. 2", "10 random images")
+    white_box: tuple[str, ...] = paper_setting(attribution.PAPER_METHODS, "Table 1 / Fig. A.2",
+                                               "Saliency, Integrated Gradients, eps-LRP, DeepLIFT")
+    ig_steps: int = our_setting(100, "the paper states no step count; DeepExplain's default, the tool it used")
 
     def __post_init__(self):
         for method in self.white_box:

@@ -31,6 +31,7 @@ from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+from bagrepro.settings import our_setting
 
 REFERENCE_ROLE = "vgg16"
 
@@ -43,9 +44,9 @@ UNIT_FORMAT = "pearson_r, pooled_r and the Pearson sums"
 
 @dataclass(frozen=True)
 class Settings:
-    """num_images: the first N images of the run (None: all of them, as in the paper)."""
+    """num_images: the first N images of the run (None: all of them)."""
 
-    num_images: int | None = None
+    num_images: int | None = our_setting(None, "the paper gives no image count for Fig. 1C; all the run's images")
 
 
 def all_logits(ctx: RunContext, name: str, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -102,6 +103,7 @@ def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
                .agg(n_images=("image_id", "size"), pooled_r=("pooled_r", "first"),
                     mean_per_image_r=("pearson_r", "mean")).reset_index())
     summary["paper_r"] = summary["role"].map(paper.LOGIT_CORRELATION_WITH_VGG16)
+    summary["paper_r_source"] = np.where(summary["paper_r"].notna(), paper.LOGIT_CORRELATION_WITH_VGG16.source, "")
     summary["difference"] = summary["pooled_r"] - summary["paper_r"]
     intervals = {"pooled_r_low": [], "pooled_r_high": [], "mean_per_image_r_low": [], "mean_per_image_r_high": []}
     for _, images in per_image.groupby(keys, sort=False):  # a loop over models; the bootstraps are vectorised

@@ -51,35 +51,44 @@ from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+from bagrepro.settings import mechanics_setting, our_setting, paper_setting
 
 EXAMPLES = 2  # images whose heatmaps are kept for the figure
 
 
 @dataclass(frozen=True)
 class Settings:
-    """tested_roles: the deep networks whose leading class is masked (paper: VGG-16, ResNet-50,
-    ResNet-152, DenseNet-169); num_images: images per model; steps: patches masked (Table 1: 100);
-    patch: patch side in px (8); fill: what a masked patch becomes ('dc': its mean colour, as in the
-    paper); sign: how a heatmap's values rank a patch ('signed' sum, as the released code does);
-    random_seeds: random orders per image; white_box: attribution methods of the tested model
-    (names in :mod:`bagrepro.attribution`'s registry; the paper's four by default); ig_steps:
-    Integrated Gradients' Riemann steps (100, as DeepExplain); chunk_size: inputs per forward pass
-    (memory, not results); engine: how the curves are computed, 'incremental' (each step recomputes
-    only the part of every layer its newly masked patch reaches, :mod:`bagrepro.incremental`; a
-    model torch.fx cannot trace falls back to full passes with a log line) or 'batched' (a full
-    forward pass per image and step); the same curves to float rounding."""
+    """How Fig. 8 / Table 1 are measured; each field says whose its default is (``--list``).
 
-    tested_roles: tuple[str, ...] = ("vgg16", "resnet50", "resnet152", "densenet169")
-    num_images: int = 100
-    steps: int = paper.TABLE1_STEPS
-    patch: int = paper.TABLE1_PATCH
-    fill: Literal["dc", "zero", "blur"] = "dc"
-    sign: Literal["signed", "positive", "absolute"] = "signed"
-    random_seeds: int = 3
-    white_box: tuple[str, ...] = attribution.PAPER_METHODS
-    ig_steps: int = 100
-    chunk_size: int = 64
-    engine: Literal["incremental", "batched"] = "incremental"
+    tested_roles: the deep networks whose leading class is masked; num_images: images per tested
+    model; steps: patches masked; patch: patch side in px; fill: what a masked patch becomes ('dc':
+    its mean colour, 'zero', 'blur'); sign: how a heatmap's pixel values rank a patch ('signed' sum,
+    'positive', 'absolute'); random_seeds: random orders per image; white_box: attribution methods of
+    the tested model (names in :mod:`bagrepro.attribution`'s registry); ig_steps: Integrated
+    Gradients' Riemann steps; chunk_size: inputs per forward pass; engine: how the curves are
+    computed, 'incremental' (each step recomputes only the part of every layer its newly masked
+    patch reaches, :mod:`bagrepro.incremental`; a model torch.fx cannot trace falls back to full
+    passes with a log line) or 'batched' (a full forward pass per image and step); the same curves
+    to float rounding."""
+
+    tested_roles: tuple[str, ...] = paper_setting(("vgg16", "resnet50", "resnet152", "densenet169"), "Table 1")
+    num_images: int = our_setting(100, "the paper gives no image count; Table 1's smallest differences need far "
+                                       "more (--plan prints the n that resolves them; the paper profile sets it)")
+    steps: int = paper_setting(paper.TABLE1_STEPS, "Table 1", "100 masked patches")
+    patch: int = paper_setting(paper.TABLE1_PATCH, "Table 1", "8 x 8 px patches")
+    fill: Literal["dc", "zero", "blur"] = our_setting(
+        "dc", "the paper does not state Fig. 8's fill; the DC component, as in eq. 1's protocol (Fig. 6)")
+    sign: Literal["signed", "positive", "absolute"] = our_setting(
+        "signed", "the paper does not say how pixel attributions become a patch score; the signed sum over "
+                  "the patch's pixels and channels")
+    random_seeds: int = our_setting(3, "random orders per image (each image counts their mean)")
+    white_box: tuple[str, ...] = paper_setting(attribution.PAPER_METHODS, "Table 1",
+                                               "Saliency, Integrated Gradients, eps-LRP, DeepLIFT (rescale)")
+    ig_steps: int = our_setting(100, "the paper computed its maps with DeepExplain and states no step count; "
+                                     "DeepExplain's default is 100")
+    chunk_size: int = mechanics_setting(64)
+    engine: Literal["incremental", "batched"] = mechanics_setting("incremental", "speed: the same curves to float "
+                                                                  "rounding")
 
     def __post_init__(self):
         for method in self.white_box:
@@ -160,8 +169,10 @@ def table1(curves: pd.DataFrame) -> pd.DataFrame:
     table = groups["probability"].agg(["mean", "sem", "size"])
     table = table.reset_index().rename(columns={"mean": "ours", "sem": "sem", "size": "n_images"})
     table["k"] = per_image.groupby("model")["k"].first().reindex(table["model"]).to_numpy()
-    table["paper"] = [paper.table1_value(role, method) for role, method in zip(table["role"], table["method"])]
+    table["paper"] = [table1_reference(role, method, k) for role, method, k
+                      in zip(table["role"], table["method"], table["k"])]
     table["paper"] = table["paper"].astype(float)
+    table["paper_source"] = np.where(table["paper"].notna(), paper.TABLE1.source, "")
     table["difference"] = table["ours"] - table["paper"]
     intervals = [mean_interval(values) for values in groups["probability"].apply(np.asarray)]  # one per row
     table["ours_low"] = [low for low, _ in intervals]
@@ -181,11 +192,12 @@ def comparisons(curves: pd.DataFrame, bagnet_methods=BAGNET_ROLES) -> pd.DataFra
     (percentile bootstrap over images of the mean difference: a resample draws whole images, both
     methods' values with them), ``resolved`` (:func:`bagrepro.metrics.resolution`: 'below' = the
     sample resolves the BagNet heatmap as better, 'above' = as worse) and paper_bagnet_minus_white_box
-    (the paper's Table 1 difference, to its 3 decimals; NaN where it lacks either value)."""
+    (the paper's Table 1 difference, to its 3 decimals; NaN where it lacks either value or k is not
+    Table 1's 100) with its ``_source``."""
     per_image = last_step_per_image(curves)
     columns = ["model", "role", "k", "bagnet_method", "white_box_method", "n_images", "bagnet_p", "white_box_p",
                "bagnet_minus_white_box", "bagnet_minus_white_box_low", "bagnet_minus_white_box_high", "resolved",
-               "paper_bagnet_minus_white_box"]
+               "paper_bagnet_minus_white_box", "paper_bagnet_minus_white_box_source"]
     rows = []
     for (model, role), images in per_image.groupby(["model", "role"], dropna=False, sort=False):
         by_method = images.pivot(index="image_id", columns="method", values="probability")  # [images, methods]
@@ -197,7 +209,8 @@ def comparisons(curves: pd.DataFrame, bagnet_methods=BAGNET_ROLES) -> pd.DataFra
                 pair = by_method[[bagnet, white]].dropna().to_numpy()  # [N, 2]: the images both have
                 differences = pair[:, 0] - pair[:, 1]
                 low, high = mean_interval(differences)
-                bagnet_paper, white_paper = paper.table1_value(role, bagnet), paper.table1_value(role, white)
+                bagnet_paper, white_paper = (table1_reference(role, method, images["k"].iloc[0])
+                                             for method in (bagnet, white))
                 rows.append({
                     "model": model, "role": role, "k": images["k"].iloc[0], "bagnet_method": bagnet,
                     "white_box_method": white, "n_images": len(pair), "bagnet_p": pair[:, 0].mean(),
@@ -206,8 +219,17 @@ def comparisons(curves: pd.DataFrame, bagnet_methods=BAGNET_ROLES) -> pd.DataFra
                     "resolved": resolution(low, high),
                     "paper_bagnet_minus_white_box": (np.nan if bagnet_paper is None or white_paper is None
                                                      else round(bagnet_paper - white_paper, 3)),
+                    "paper_bagnet_minus_white_box_source": ("" if bagnet_paper is None or white_paper is None
+                                                            else paper.TABLE1_DIFFERENCE_SOURCE),
                 })
     return pd.DataFrame(rows, columns=columns)
+
+
+def table1_reference(role, method: str, k: int) -> float | None:
+    """The paper's Table 1 entry for a tested model role and heatmap method, only where the run's
+    last step is Table 1's (k = 100 masked patches); None otherwise (a probability after fewer
+    patches is not comparable with it)."""
+    return paper.table1_value(role, method) if int(k) == paper.TABLE1_STEPS else None
 
 
 def bootstrap_mean_band(values: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,

@@ -2,13 +2,14 @@
 get wrong, explained by BagNet-33's evidence for the true and for the predicted class.
 
 Per image: BagNet-33's exact heatmaps of the true class and of its predicted class, the 3 most
-predictive native patches of each (highest patch logit), and both models' probabilities of the two
-classes. Selection: a seeded choice among the images both models misclassify (top-1), from the
+predictive native patches of each (highest patch logit), and both models' probabilities of the same
+classes: the true class, BagNet-33's prediction and VGG-16's prediction. Selection: a seeded choice among the images both models misclassify (top-1), from the
 accuracy experiment's units (reused).
 
 Writes ``results/misclassified/images.csv`` (image_id, true class, each model's prediction and its
 probabilities of the true and predicted classes, both classes' names), ``patches.csv`` (image_id,
-class kind, rank, row, col, logit, class name) and ``panels.npz`` (images and heatmaps for the figure).
+class kind, rank, row, col, logit, class name), ``probabilities.csv`` (image_id, model, class_kind:
+'true' / 'bagnet33 predicted' / 'vgg16 predicted', class, probability, class_name) and ``panels.npz`` (images and heatmaps for the figure).
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ from bagrepro.plotting import draw_heatmap, new_figure, save_figure
 from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+from bagrepro.settings import paper_setting
 
 TOP_PATCHES = 3
 
 
 @dataclass(frozen=True)
 class Settings:
-    """num_images: images shown (Fig. 4 shows 4), a seeded choice among those both models get wrong."""
+    """num_images: images shown, a seeded choice among those both models get wrong."""
 
-    num_images: int = 4
+    num_images: int = paper_setting(4, "Fig. 4", "the figure shows 4 images; which ones is our seeded choice")
 
 
 def run(ctx: RunContext) -> None:
@@ -49,7 +51,7 @@ def run(ctx: RunContext) -> None:
     count = min(ctx.settings.num_images, len(both_wrong))
     chosen = sorted(np.random.default_rng(ctx.seed).choice(both_wrong, size=count, replace=False).tolist()) if count else []
     position = {image_id: i for i, image_id in enumerate(ctx.images().image_ids)}
-    image_rows, patch_rows = [], []
+    image_rows, patch_rows, probability_rows = [], [], []
     panels = {"ids": np.array(chosen)}
     class_names = [display_name(c) for c in ctx.images().classes]
     if chosen:
@@ -75,15 +77,21 @@ def run(ctx: RunContext) -> None:
                                        "row": index // width * BAGNET_STRIDE, "col": index % width * BAGNET_STRIDE,
                                        "size": bagnet.zoo_spec.receptive_field, "logit": best.values[n, rank].item(),
                                        "class_name": class_names[int(classes[n])]})
-        rows = np.arange(len(ids))
+        # both models' probabilities of the same classes: the true one and the one each model predicts
+        shown = {"true": labels, "bagnet33 predicted": p_bagnet.argmax(1), "vgg16 predicted": p_vgg.argmax(1)}
         for model_name, probabilities in ((bagnet_name, p_bagnet), (vgg_name, p_vgg)):
             own = probabilities.argmax(1)
             for n, image_id in enumerate(ids):
                 image_rows.append({"image_id": image_id, "model": model_name, "true_class": int(labels[n]),
-                                   "predicted_class": int(own[n]), "p_true": probabilities[rows[n], labels[n]].item(),
-                                   "p_predicted": probabilities[rows[n], own[n]].item(),
+                                   "predicted_class": int(own[n]), "p_true": probabilities[n, labels[n]].item(),
+                                   "p_predicted": probabilities[n, own[n]].item(),
                                    "true_class_name": class_names[int(labels[n])],
                                    "predicted_class_name": class_names[int(own[n])]})
+                for kind, classes in shown.items():
+                    probability_rows.append({"image_id": image_id, "model": model_name, "class_kind": kind,
+                                             "class": int(classes[n]),
+                                             "probability": probabilities[n, classes[n]].item(),
+                                             "class_name": class_names[int(classes[n])]})
     ctx.write_npz(panels, "panels.npz")
     meta = {"both_wrong": len(both_wrong), "of_images": int(wrong.shape[0])}
     ctx.write_csv(pd.DataFrame(image_rows, columns=["image_id", "model", "true_class", "predicted_class", "p_true",
@@ -91,12 +99,14 @@ def run(ctx: RunContext) -> None:
                   "images.csv", **meta)
     ctx.write_csv(pd.DataFrame(patch_rows, columns=["image_id", "kind", "class", "rank", "row", "col", "size",
                                                     "logit", "class_name"]), "patches.csv", **meta)
+    ctx.write_csv(pd.DataFrame(probability_rows, columns=["image_id", "model", "class_kind", "class", "probability",
+                                                          "class_name"]), "probabilities.csv", **meta)
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Fig. 4: image, heatmap of the true class, of the predicted class (3 best patches boxed), and
     both models' probabilities of the two classes."""
-    images_table = read_csv(results_dir / "images.csv")
+    probabilities = read_csv(results_dir / "probabilities.csv")
     patches = read_csv(results_dir / "patches.csv")
     panels = np.load(results_dir / "panels.npz")
     ids = list(panels["ids"])
@@ -121,16 +131,29 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
                 for ax in (axes[r][0], axes[r][c]):
                     ax.add_patch(Rectangle((patch["col"] - 0.5, patch["row"] - 0.5), patch["size"], patch["size"],
                                            fill=False, lw=0.8, edgecolor=colours[kind]))
-        table = images_table[images_table["image_id"] == image_id]
-        labels = [f"{m}\np(true)" for m in table["model"]] + [f"{m}\np(pred)" for m in table["model"]]
-        values = list(table["p_true"]) + list(table["p_predicted"])
-        axes[r][3].barh(range(len(values)), values, color=["#2ca02c"] * len(table) + ["#d62728"] * len(table))
-        axes[r][3].set_yticks(range(len(values)), labels, fontsize=5)
-        axes[r][3].set_xlim(0, 1)
+        _probability_bars(axes[r][3], probabilities[probabilities["image_id"] == image_id])
     fig.suptitle("Fig. 4: misclassified by both models; green boxes: evidence for the true class, red: for the "
                  "prediction", fontsize=8)
     return save_figure(fig, figures_dir / "fig4_misclassified")
 
+
+
+def _probability_bars(ax, rows: pd.DataFrame) -> None:
+    """Both models' probabilities of the same classes (the true class, BagNet-33's and VGG-16's
+    predictions; a class two of them share is shown once per kind), one bar per model."""
+    kinds = list(dict.fromkeys(rows["class_kind"]))
+    models = list(dict.fromkeys(rows["model"]))
+    height = 0.8 / max(1, len(models))
+    for m, model in enumerate(models):
+        mine = rows[rows["model"] == model].set_index("class_kind").reindex(kinds)
+        ax.barh(np.arange(len(kinds)) + m * height, mine["probability"], height, label=model)
+    names = rows.drop_duplicates("class_kind").set_index("class_kind").reindex(kinds)["class_name"]
+    ax.set_yticks(np.arange(len(kinds)) + height * (len(models) - 1) / 2,
+                  [f"{kind}:\n{str(name)[:18]}" for kind, name in zip(kinds, names)], fontsize=5)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability", fontsize=6)
+    ax.legend(fontsize=5, loc="lower right")
 
 
 def plan(ctx: RunContext) -> list:

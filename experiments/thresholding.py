@@ -43,6 +43,7 @@ from bagrepro.plan import Work
 from bagrepro.plotting import error_bars, new_figure, save_figure
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+from bagrepro.settings import our_setting, paper_setting
 
 MODEL_ROLE = "bagnet33"
 
@@ -52,9 +53,9 @@ class Settings:
     """The thresholds: ``count`` evenly spaced values from ``low`` to ``high`` (logits; the paper's
     Fig. A.4 spans -100 to 100)."""
 
-    low: float = -100.0
-    high: float = 100.0
-    count: int = 201
+    low: float = paper_setting(-100.0, "Appendix A.1 (Fig. A.4)", "thresholds from -100")
+    high: float = paper_setting(100.0, "Appendix A.1 (Fig. A.4)", "to 100")
+    count: int = our_setting(201, "the paper does not list its thresholds; steps of 1 logit")
 
 
 def thresholded_scores(logits: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,11 +120,13 @@ def summarize(accuracy: pd.DataFrame, metric: str = "top5") -> pd.DataFrame:
     modes = ["clip", "binarise"]
     plain = accuracy[accuracy["mode"] == "none"].iloc[[0] * len(modes)]
     best = pd.concat([accuracy.loc[[accuracy.loc[accuracy["mode"] == mode, metric].idxmax()]] for mode in modes])
-    paper_gap = "-".join(map(str, paper.THRESHOLDING_BINARISE_GAP_TOP5))
+    paper_gap = "-".join(map(str, paper.THRESHOLDING_BINARISE_GAP_TOP5.values()))
     summary = pd.DataFrame({"mode": modes, "metric": metric, "best_threshold": best["threshold"].to_numpy(),
                             "best": best[metric].to_numpy(), "unmodified": plain[metric].to_numpy(),
                             "gap": plain[metric].to_numpy() - best[metric].to_numpy(),
-                            "paper_gap_top5": [paper_gap if mode == "binarise" else "" for mode in modes]})
+                            "paper_gap_top5": [paper_gap if mode == "binarise" else "" for mode in modes],
+                            "paper_gap_top5_source": [paper.THRESHOLDING_BINARISE_GAP_TOP5.source if mode == "binarise"
+                                                      else "" for mode in modes]})
     counts = {name: (rows[metric].to_numpy() / 100 * rows["n_images"].to_numpy(), rows["n_images"].to_numpy())
               for name, rows in (("best", best), ("unmodified", plain))}  # correct images, images
     intervals = {}
@@ -173,7 +176,8 @@ def report_table(results_dir: Path):
     table["ours"] = summary["gap"]
     table["ours_low"] = summary.get("gap_low", float("nan"))  # conservative 95 % interval (module docstring)
     table["ours_high"] = summary.get("gap_high", float("nan"))
-    table["paper"] = summary["paper_gap_top5"].fillna("")
+    table["reference"] = summary["paper_gap_top5"].fillna("")
+    table["source"] = summary.get("paper_gap_top5_source", pd.Series("", index=summary.index)).fillna("")
     table["difference"] = float("nan")  # the paper gives a range (3-4 %), not a number
     return table
 

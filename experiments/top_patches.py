@@ -1,7 +1,8 @@
 """Most informative patches (Fig. 3): for a class, over the whole data set, the 7 patches with the
 highest logit for that class from images of that class, and the 7 from images of other classes.
 
-Classes: ``--classes`` or a seeded choice. The data streams through once per BagNet with a running
+Classes: ``--classes``; else the paper's five (book jacket, typewriter keyboard, tench, flamingo,
+groom) where the data holds them (ImageNet runs); else a seeded choice. The data streams through once per BagNet with a running
 top-k per (class, group) (memory independent of the data set size; no heatmap is kept), on the
 native stride-8 patch logits; the winners are then cropped at their receptive field (q x q px).
 
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bagrepro import paper
 from bagrepro.data.synsets import display_name
 from bagrepro.errors import ConfigError
 from bagrepro.heatmaps import patch_logits
@@ -29,26 +31,41 @@ from bagrepro.plotting import new_figure, save_figure
 from bagrepro.profiles import BAGNET_ROLES
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+from bagrepro.settings import our_setting, paper_setting
 
 GROUPS = ("same", "other")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """num_classes: classes shown when ``--classes`` is not given (a seeded choice); k: patches per
-    class and group (Fig. 3 shows 7)."""
+    """num_classes: classes shown when ``--classes`` is not given and the data lacks the paper's
+    classes (a seeded choice); k: patches per class and group."""
 
-    num_classes: int = 3
-    k: int = 7
+    num_classes: int = our_setting(3, "classes shown where the data lacks Fig. 3's (ImageNet runs show the paper's "
+                                      "five)")
+    k: int = paper_setting(7, "Fig. 3", "7 patches per class and group")
+
+
+def paper_classes(classes) -> list[int]:
+    """The data's indices of Fig. 3's classes (book jacket, typewriter keyboard, tench, flamingo,
+    groom; :data:`bagrepro.paper.FIG3_CLASSES`) in the paper's order, or [] unless the data holds them all."""
+    index = {str(c): i for i, c in enumerate(classes)}
+    if not all(wnid in index for wnid in paper.FIG3_CLASSES):
+        return []
+    return [index[wnid] for wnid in paper.FIG3_CLASSES]
 
 
 def selected_classes(ctx: RunContext) -> list[int]:
+    """``--classes`` if given; else Fig. 3's classes where the data holds them (ImageNet); else a
+    seeded choice of ``num_classes`` classes present in the data."""
     classes = len(ctx.images().classes)
     if ctx.options.classes:
         bad = [c for c in ctx.options.classes if not 0 <= c < classes]
         if bad:
             raise ConfigError(f"--classes {bad[0]} is out of range: the data has classes 0..{classes - 1}")
         return list(ctx.options.classes)
+    if chosen := paper_classes(ctx.images().classes):
+        return chosen
     count = min(ctx.settings.num_classes, classes)
     present = sorted(set(ctx.images().labels.tolist()))
     return sorted(np.random.default_rng(ctx.seed).choice(present, size=min(count, len(present)), replace=False).tolist())
