@@ -90,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true",
                         help="list experiments, profiles and models (with --experiment: its settings), then exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--protocol", action="store_true",
+                        help="print docs/protocol.md: every setting, whose its default is, each profile's value")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
@@ -125,6 +127,8 @@ def list_settings(experiment_names: list[str], profile_name: str) -> None:
             changed = "" if value == default else f"   (default: {default!r})"
             print(f"  {field:<16} {kind:<28} {value!r}{changed}")
             print(f"  {'':<16} default: {whose or 'not labelled'}")
+        for choice in experiment.open_choices:
+            print(f"  open choice: {choice}")
 
 
 def list_recipe(pairs: list[str] | None) -> None:
@@ -165,6 +169,15 @@ def list_everything(recipe_pairs: list[str] | None = None) -> None:
     list_recipe(recipe_pairs)
 
 
+def protocol_text() -> str:
+    """docs/protocol.md as the code has it (every registered experiment, the built-in and demo profiles)."""
+    from bagrepro.profiles import PROFILES
+    from bagrepro.report import protocol_markdown
+    from bagrepro.runner import discover_experiments
+
+    return protocol_markdown(discover_experiments().values(), list(PROFILES.values()))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -173,6 +186,9 @@ def main(argv=None) -> int:
 
         for path in args.register_models:
             print(f"registered {', '.join(register_models_from_file(path))} from {path}")
+        if args.protocol:
+            print(protocol_text(), end="")
+            return 0
         if args.list:
             if args.experiments:
                 list_settings(args.experiments, args.profile)

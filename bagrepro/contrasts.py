@@ -134,16 +134,17 @@ def blind_to_arrangements(results: Path) -> Contrast:
     """BagNet-33 at chance on the arrangement classes (demo world)."""
     source = "results/accuracy/per_group.csv"
     finding = "BagNets cannot use non-local structure: BagNet-33 at chance on classes that differ only in arrangement"
-    paper_text = "shown on ImageNet by scrambling (below); the demo world tests it directly"
+    paper_text = "the paper shows it on ImageNet by texturisation; the demo world tests it directly"
+    cited = paper.TEXTURISED_VGG16_TOP5.source
     groups = _read(results, "accuracy", "per_group.csv")
     if groups is None:
         predictions = _read(results, "accuracy", "predictions.csv")
         return Contrast(finding, paper_text, "no arrangement classes in this profile's data", NOT_RUN
-                        if predictions is None else NOT_MEASURABLE, source)
+                        if predictions is None else NOT_MEASURABLE, source, cited)
     arrangement = groups[groups["group"] == "arrangement"]
     roles = _by_role(arrangement)
     if "bagnet33" not in roles:
-        return Contrast(finding, paper_text, "", NOT_RUN, source)
+        return Contrast(finding, paper_text, "", NOT_RUN, source, cited)
 
     def accuracy(model):  # top-1 and its exact interval (%) as the accuracy experiment wrote them
         row = arrangement[arrangement["model"] == model].iloc[0]
@@ -158,7 +159,7 @@ def blind_to_arrangements(results: Path) -> Contrast:
             parts.append(f"{role}: {_interval(deep, deep_low, deep_high, 1)} %")
             verdicts.append(AGREES if deep_low > high else NOT_RESOLVED)  # the deep model resolves them
     return Contrast(finding, paper_text, "; ".join(parts) + " (top-1 on the arrangement classes)",
-                    _combine(verdicts), source)
+                    _combine(verdicts), source, cited)
 
 
 def exact_beyond_q(results: Path) -> Contrast:

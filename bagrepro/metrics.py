@@ -98,6 +98,15 @@ def pearson_interval(x, y, level: float = 0.95) -> tuple[float, float]:
     return bootstrap_interval(_pearson, x, y, level=level)
 
 
+def images_to_resolve(difference: float, spread: float, level: float = 0.95) -> int:
+    """Images a mean of per-image paired differences needs for its ``level`` interval to exclude 0
+    when the true mean is ``difference`` and the per-image standard deviation ``spread``: the normal
+    approximation of the bootstrap interval (half-width z * spread / sqrt(n)) is narrower than
+    |difference| from n = ceil((z * spread / difference)^2) on."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    return int(np.ceil((z * spread / abs(difference)) ** 2))
+
+
 def resolution(low: float, high: float, reference: float = 0.0) -> str:
     """Whether an interval (of a difference, say) resolves its sign against ``reference``:
     'above' / 'below' when it excludes the reference, 'not resolved' when it holds it, '' for NaN."""

@@ -81,6 +81,12 @@ class Experiment:
     #: only proposes): it runs when named or with ``--experiment all``, not in a plain run, so that the
     #: default run stays the paper's experiments and keeps its time (the demo's cold run: minutes)
     in_default_run: bool = True
+    #: ``plan_notes(ctx) -> list[str]``: lines --plan prints after the estimate (e.g. the images a
+    #: comparison needs to resolve the paper's differences)
+    plan_notes: Callable[["RunContext"], list] | None = None
+    #: what the paper leaves open that is not a setting, and what we do there, each labelled
+    #: "ours" or "our reading" (the settings say theirs in their fields: bagrepro.settings)
+    open_choices: tuple[str, ...] = ()
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -583,6 +589,7 @@ class RunContext:
             "settings": dataclasses.asdict(self.settings),
             # whose each setting's default is: the paper's (with where), ours (with why), or mechanics
             "settings_provenance": settings_provenance(type(self.settings)),
+            "open_choices": list(self.experiment.open_choices) if self.experiment else [],
             "data": images.description,
             "num_images": len(images),
             "skipped_images": len(self.skipped),
@@ -663,6 +670,14 @@ def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
         log(f"{experiment.name:<18} {plan.human(sum(seconds)):>10} {plan.human(busiest):>12}")
     log(f"{'total':<18} {plan.human(total):>10} {plan.human(total_busiest):>12}"
         + ("" if world == 1 else f"   ({world} processes)"))
+    for experiment in experiments:
+        if experiment.plan_notes is not None:
+            ctx.begin(experiment)
+            try:
+                for line in experiment.plan_notes(ctx):
+                    log(f"[{experiment.name}] {line}")
+            finally:
+                ctx.end()
     return [(experiment.name, work) for experiment, work in rows]
 
 

@@ -177,6 +177,10 @@ def plan(ctx: RunContext) -> list:
 
 EXPERIMENT = Experiment(
     name="logit_correlation", title="correlation of BagNet and VGG-16 logits", paper_ref="Fig. 1C",
+    open_choices=(
+        "The paper does not say over what it correlates: we pool every (image, class) logit pair (compared with "
+        "its numbers) and also report the mean of per-image correlations over the classes (ours).",
+    ),
     run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="How linearly do BagNet logits follow a deep network's logits on the same images?",
 )

@@ -42,6 +42,7 @@ from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_fro
 from bagrepro.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    images_to_resolve,
     mean_interval,
     resolution,
 )
@@ -383,9 +384,70 @@ def plan(ctx: RunContext) -> list:
     return work
 
 
+#: per-image standard deviations of a paired difference of p(leading class) that --plan assumes when
+#: the output folder has no masking curves to measure it on (ours: probabilities lie in [0, 1])
+ASSUMED_SPREADS = (0.1, 0.2, 0.3)
+
+
+def paper_differences(roles) -> list[tuple[str, str, str, float]]:
+    """For each tested role, the difference Table 1's finding rests on: its best BagNet heatmap
+    minus its best white-box method, (role, bagnet method, white-box method, difference)."""
+    found = []
+    for role in roles:
+        row = paper.TABLE1.get(role)
+        if row is None:
+            continue
+        bagnet = min(BAGNET_ROLES, key=row.get)
+        white = min((m for m in paper.TABLE1_METHODS if m not in BAGNET_ROLES), key=row.get)
+        found.append((role, bagnet, white, round(row[bagnet] - row[white], 3)))
+    return found
+
+
+def measured_spread(results_dir: Path) -> float | None:
+    """The largest per-image SD of a BagNet-minus-white-box difference at the last step in this output
+    folder's masking curves (a run of the same models), or None when there are none."""
+    path = results_dir / "curves.csv"
+    if not path.is_file():
+        return None
+    per_image = last_step_per_image(read_csv(path))
+    spreads = []
+    for _, images in per_image.groupby("model", sort=False):
+        wide = images.pivot_table(index="image_id", columns="method", values="probability")
+        for bagnet in (m for m in wide.columns if m in BAGNET_ROLES):
+            for white in (m for m in wide.columns if m not in BAGNET_ROLES and m != "random"):
+                differences = (wide[bagnet] - wide[white]).dropna()
+                if len(differences) > 1:
+                    spreads.append(float(differences.std(ddof=1)))
+    return max(spreads) if spreads else None
+
+
+def plan_notes(ctx: RunContext) -> list[str]:
+    """--plan: the images Table 1's comparisons need to resolve the paper's differences at the
+    report's interval (95 %, over images), beside this run's ``num_images``."""
+    settings = ctx.settings
+    spread = measured_spread(ctx.results_dir())
+    spreads = (spread,) if spread is not None else ASSUMED_SPREADS
+    origin = ("SD measured on this folder's curves" if spread is not None
+              else "SD assumed (no curves here yet; measure it with a small run first)")
+    lines = [f"Table 1 sample size: images for a 95 % interval of a paired difference to exclude 0, "
+             f"n = (1.96 SD / difference)^2, per-image {origin}; this run: {settings.num_images} images"]
+    for role, bagnet, white, difference in paper_differences(settings.tested_roles):
+        needed = ", ".join(f"SD {sd:.3g}: {images_to_resolve(difference, sd)}" for sd in spreads)
+        lines.append(f"  {role}: {bagnet} - {white} = {difference:+.3f} (paper, Table 1) -> n = {needed}")
+    return lines
+
+
 EXPERIMENT = Experiment(
     name="masking", title="spatial sensitivity: masking patches in heatmap order", paper_ref="Fig. 8, Table 1",
-    run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
+    open_choices=(
+        "The leading class is the class the tested model predicts on the clean image (our reading of Fig. 8).",
+        "The 8 px grid starts at the top-left corner; rows and columns that do not fill a whole patch are never "
+        "masked (ours; 224 px holds 28 whole patches per side, so none is left over there).",
+        "The paper's Table 1 values compare only where the run's last step is theirs (k = 100); a run of fewer "
+        "steps shows no reference.",
+    ),
+    run=run, plan=plan, plan_notes=plan_notes, make_figures=make_figures, report_table=report_table,
+    settings=Settings, shardable=True,
     question="Do black-box BagNet heatmaps find the patches a deep network depends on better than its own "
              "white-box attributions?",
 )

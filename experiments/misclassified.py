@@ -169,6 +169,12 @@ def plan(ctx: RunContext) -> list:
 
 EXPERIMENT = Experiment(
     name="misclassified", title="images both BagNet-33 and VGG-16 misclassify", paper_ref="Fig. 4",
+    open_choices=(
+        "Misclassified means top-1 wrong for both models (our reading); which of those images are shown is a "
+        "seeded choice (ours).",
+        "Both models' probabilities are shown for the same classes: the true class, BagNet-33's prediction and "
+        "VGG-16's prediction.",
+    ),
     run=run, plan=plan, make_figures=make_figures, settings=Settings, needs=("accuracy",),
     question="When BagNet-33 and VGG-16 both fail, what evidence misled BagNet-33?",
 )

@@ -1,7 +1,7 @@
 """Runtime (Sec. 4.1): inference images/s per model, relative to ResNet-50 measured in the same run.
 
 The paper: about 155 images/s for every BagNet against 570 for ResNet-50 (0.27x) at batch 64, 224 px,
-on a GPU. Every model runs as built ("eager", as in the paper) and through bagrepro's inference path
+on a GPU. Every model runs as built ("eager") and through bagrepro's inference path
 ("fused": BatchNorm folded, channels-last; a BagNet's stem composed into one conv). Repeats are interleaved
 across models so that machine load affects all of them alike; the median is reported.
 

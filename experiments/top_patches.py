@@ -173,6 +173,10 @@ def plan(ctx: RunContext) -> list:
 
 EXPERIMENT = Experiment(
     name="top_patches", title="most informative patches per class", paper_ref="Fig. 3",
+    open_choices=(
+        "Patches are the native stride-8 windows of the BagNet (ours: the paper does not say at what stride it "
+        "searched); each is shown at its receptive field, q x q px.",
+    ),
     run=run, plan=plan, make_figures=make_figures, settings=Settings, shardable=True,
     question="Which image patches carry the most evidence for a class, within and outside that class?",
 )

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -37,43 +38,106 @@ def paper_md_numbers() -> list[float]:
     return [float(x) for x in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?", PAPER_MD.read_text())]
 
 
-def close_to_paper(value: float, numbers: list[float]) -> bool:
-    """A number of paper.md, or one derived from it and rounded as paper.md rounds (0.27 for 155/570)."""
-    return any(abs(value - n) <= max(1e-9, 0.005 * max(1.0, abs(n))) for n in numbers)
+#: what a paper reference must name: a section, figure, table, equation or appendix
+SECTION = re.compile(r"\b(Sec\.|Fig\.|Table|eq\.|Appendix)\s*[A-Z]?\d")
 
 
-def test_paper_constants_are_paper_md_numbers():
+def test_every_reference_names_its_source_and_paper_values_are_paper_md_numbers():
     numbers = paper_md_numbers()
-    constants = [*paper.FIG1B_TOP5.values(), *[v for pair in paper.RELEASED_BAGNET_ACCURACY.values() for v in pair],
-                 *paper.RUNTIME_IMAGES_PER_S.values(), *paper.LOGIT_CORRELATION_WITH_VGG16.values(),
-                 *paper.TEXTURISED_VGG16_TOP5.values(),
-                 *[v for pair in paper.SCRAMBLED_4X4_REPORT.values() for v in pair],
-                 *[v for row in paper.TABLE1.values() for v in row.values()], *paper.THRESHOLDING_BINARISE_GAP_TOP5]
-    missing = [c for c in constants if c not in numbers]
-    assert not missing, f"not in paper.md: {missing}"
+    values = paper.reference_values()
+    assert len(values) > 40
+    for value, source in values:
+        assert source, value
+        if source.startswith(paper.PAPER):
+            assert SECTION.search(source), f"{source!r} names no section, figure or table"
+        if source != paper.TORCHVISION:  # torchvision's documentation is not quoted in paper.md
+            assert value in numbers, f"{value} ({source}) is not in paper.md"
+    assert "bagnet9" not in paper.FIG1B_TOP5 and not hasattr(paper, "RELEASED_BAGNET_ACCURACY")
+    assert paper.reference_accuracy("bagnet9") == {}
+    assert set(paper.reference_accuracy("bagnet33")) == {"top5"}
     assert paper.runtime_ratio("bagnet33") == pytest.approx(0.27, abs=0.005)
 
 
-def test_every_report_table_paper_column_comes_from_paper_md(smoke_run):
-    numbers = paper_md_numbers()
-    numbers += [v for pair in paper.TORCHVISION_V1_ACCURACY.values() for v in pair]  # torchvision's docs, labelled so
+class _Tables(HTMLParser):
+    """The report's tables as lists of rows of cell texts (the first row: the header)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th") and self.tables:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def report_tables(path: Path) -> list[list[list[str]]]:
+    parser = _Tables()
+    parser.feed(path.read_text())
+    return [table for table in parser.tables if table]
+
+
+DECIMAL = re.compile(r"(?<![\w.])-?\d*\.\d+")
+
+
+def shown_as_reference(number: str, source: str) -> bool:
+    """Whether a number printed as a reference (to its printed decimals) is a value of
+    bagrepro.paper with that source, or a ratio / difference of two of them where the source says so."""
+    value, tolerance = float(number), 0.5 * 10 ** -len(number.split(".")[1]) + 1e-9
+    values = [v for v, s in paper.reference_values() if s == source or source.startswith(s)]
+    candidates = list(values)
+    if source == paper.RUNTIME_RATIO_SOURCE:
+        candidates += [a / b for a in values for b in values if b]
+    if source == paper.TABLE1_DIFFERENCE_SOURCE:
+        candidates += [a - b for a in values for b in values]
+    return any(abs(value - c) <= tolerance for c in candidates)
+
+
+def test_every_reference_in_the_report_has_a_source_and_is_in_paper_py(smoke_run):
     checked = 0
+    for table in report_tables(smoke_run / "figures" / "report.html"):
+        header = table[0]
+        assert "paper" not in header, f"a column named 'paper' in {header}: say 'reference' and its source"
+        if "reference" not in header:
+            continue
+        assert "source" in header, header
+        value_at, source_at = header.index("reference"), header.index("source")
+        for row in table[1:]:
+            reference, source = row[value_at], row[source_at]
+            if not reference:
+                assert not source, row
+                continue
+            assert source, f"a reference without a source: {row}"
+            if source.startswith(paper.PAPER):
+                assert SECTION.search(source), source
+            for number in DECIMAL.findall(reference):  # references print decimals; 'BagNet-17' is a name
+                assert shown_as_reference(number, source), (number, source, row)
+                checked += 1
+    assert checked >= 15
+
+
+def test_report_tables_follow_the_comparison_columns(smoke_run):
     for experiment in discover_experiments().values():
         results = smoke_run / "results" / experiment.name
         if experiment.report_table is None or not results.is_dir():
             continue
         table = experiment.report_table(results)
-        assert {"metric", "ours", "paper", "difference"} <= set(table.columns)
-        for value in table["paper"].dropna():
-            if isinstance(value, str):
-                assert value == "" or all(close_to_paper(float(p), numbers) for p in value.split("-")), value
-            else:
-                assert close_to_paper(float(value), numbers), (experiment.name, value)
-                checked += 1
-        numeric = pd.to_numeric(table["paper"], errors="coerce")
+        assert {"metric", "ours", "reference", "source", "difference"} <= set(table.columns)
+        numeric = pd.to_numeric(table["reference"], errors="coerce")
         expected = pd.to_numeric(table["ours"], errors="coerce") - numeric
         assert ((table["difference"] - expected).abs().fillna(0) < 1e-9).all()
-    assert checked >= 10
 
 
 def test_report_is_self_contained_and_marks_experiments_not_run(smoke_run):
