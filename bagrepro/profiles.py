@@ -92,7 +92,7 @@ def frozen(mapping: dict) -> MappingProxyType:
 
 _SMOKE_ROLES = {
     "bagnet9": "smoke_bagnet9", "bagnet17": "smoke_bagnet17", "bagnet33": "smoke_bagnet33",
-    "vgg11": "smoke_vgg16", "vgg16": "smoke_vgg16", "resnet50": "smoke_resnet50",
+    "vgg11": "smoke_vgg16", "vgg16": "smoke_vgg16", "vgg19": "smoke_vgg16", "resnet50": "smoke_resnet50",
     "resnet152": "smoke_resnet50", "densenet169": "smoke_densenet169",
 }
 
@@ -123,7 +123,8 @@ register_profile(Profile(
         "runtime": {"batch_size": 8, "repeats": 2, "warmup": 1},
         "interactions": {"patch_sizes": (6, 8, 10, 12, 16, 20), "num_images": 6},
         "masking": {"num_images": 3, "steps": 12, "random_seeds": 2, "ig_steps": 8},
-        "scrambling": {"grids": (2, 4, 8), "texture_steps": 5, "texture_images": 8,
+        # Adam (not Gatys's L-BFGS): its passes are fixed in number, so --plan's count is exact here
+        "scrambling": {"grids": (2, 4, 8), "texture_optimizer": "adam", "texture_iterations": 5, "texture_images": 8,
                        "texture_note": "5 Adam steps on a random-weight VGG stand-in: not a faithful texture"},
         "heatmaps": {"num_images": 3, "ig_steps": 8},
         "top_patches": {"num_classes": 2, "k": 7},
@@ -139,7 +140,8 @@ register_profile(Profile(
     description="released BagNets + torchvision IMAGENET1K_V1 models on the ImageNet validation set",
     data="imagenet",
     models=PAPER_ROLES,
-    stand_ins=MappingProxyType({role: role for role in PAPER_ROLES}),
+    # VGG-19 is not compared: it synthesises Fig. 5's textures (Gatys et al. 2015), loaded only there
+    stand_ins=MappingProxyType({role: role for role in (*PAPER_ROLES, "vgg19")}),
     pretrained=True,
     num_images=None,
     batch_size=64,

@@ -1,90 +1,144 @@
-"""Scrambling (Fig. 5 and the reproducibility report's table): accuracy when the global arrangement
-of an image is destroyed but its local content kept.
+"""Scrambling: accuracy when the global arrangement of an image is destroyed but its local content kept.
 
-- Tile scrambling: an n x n grid of tiles (n in 2, 4, 8 by default) shuffled by a seeded permutation
-  per image; the report scrambled 4x4 tiles: ResNet-50 0.907 -> 0.50, DenseNet-169 0.922 -> 0.58,
-  BagNet-33 0.925 -> 0.90.
-- Texturisation (Gatys et al. 2015): a texture with the same VGG Gram matrices as the image,
-  classified by every model; the paper: VGG-16 90.1 % -> 79.4 % top-5. Faithful textures need a VGG
-  with real weights; on profiles without one (smoke, demo) it runs with few steps on the profile's
-  VGG stand-in, and the outputs say so (``texture_note``).
+Two manipulations, each with its own protocol:
+
+- **Texturisation: the paper's** (Fig. 5): a texture with the same VGG Gram matrices as the image,
+  synthesised as Gatys et al. (2015) do (VGG-19 with average pools, Gram matrices of conv1_1 and
+  pool1..pool4, L-BFGS from seeded noise, :func:`bagrepro.scrambling.texturise`), classified by every
+  model; the paper: VGG-16 top-5 90.1 % clean -> 79.4 % texturised. Each texture's final loss and
+  its loss at the start are kept, and a texture whose loss did not fall to
+  :data:`~bagrepro.scrambling.CONVERGED_RATIO` of its start is flagged (``converged``): an accuracy
+  on unconverged textures says little about the models. The texturiser is the profile's stand-in
+  for VGG-19 (role ``vgg19``; else VGG-16's, said in a line).
+- **Tile scrambling: the reproducibility report's** (15-scene data): an n x n grid of tiles shuffled by a
+  seeded permutation per image; the report scrambled 4x4 tiles (ResNet-50 0.907 -> 0.50, DenseNet-169
+  0.922 -> 0.58, BagNet-33 0.925 -> 0.90). Its numbers are shown beside ours only for a run of the
+  report's protocol (``--train`` on a scene data set); elsewhere ours stand alone, without verdicts.
 
 Clean accuracy comes from the shared clean predictions (:mod:`bagrepro.predictions`: reused, computed
 only where missing).
 Writes ``results/scrambling/predictions.csv`` (model, role, image_id, method, grid, correct_top1,
-correct_top5), ``table.csv`` (clean, scrambled and the drop per model and method as fractions, the
-report's numbers beside; then per metric (top1, top5) the 95 % intervals ``clean_<m>_low``,
-``clean_<m>_high``, ``manipulated_<m>_low``, ``manipulated_<m>_high`` (exact, Clopper-Pearson, as
-fractions) and ``drop_<m>_low``, ``drop_<m>_high`` (a paired percentile bootstrap over images of
-the mean clean - manipulated correctness, as a fraction)) and ``examples.npz`` (a few clean /
-scrambled / texturised images for the figure).
+correct_top5), ``textures.csv`` (image_id, texturiser, optimizer, iterations, initial_loss, loss,
+loss_ratio, converged), ``table.csv`` (per model and manipulation: its ``protocol``, clean,
+manipulated and the drop as fractions, the reference numbers with their sources where they
+apply, then per metric (top1, top5) the 95 % intervals ``clean_<m>_low``, ``clean_<m>_high``,
+``manipulated_<m>_low``, ``manipulated_<m>_high`` (exact, Clopper-Pearson, as fractions) and
+``drop_<m>_low``, ``drop_<m>_high`` (a paired percentile bootstrap over images of the mean clean -
+manipulated correctness, as a fraction)) and ``examples.npz`` (a few clean / scrambled /
+texturised images for the figure).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
 from bagrepro import paper
-from bagrepro.metrics import exact_intervals, mean_interval
+from bagrepro.metrics import exact_intervals, mean_interval, proportion_interval
 from bagrepro.plan import Work
-from bagrepro.plotting import error_bars, new_figure, save_figure
+from bagrepro.plotting import OURS_COLOUR, error_bars, new_figure, save_figure
 from bagrepro.predictions import clean_predictions, clean_work, score_batch
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
-from bagrepro.scrambling import scramble_tiles, texturise
+from bagrepro.scrambling import CONVERGED_RATIO, GATYS_ITERATIONS, scramble_tiles, texturise
+from bagrepro.settings import our_setting, paper_setting
 
 EXAMPLES = 3
+#: the paper role whose stand-in synthesises the textures (Gatys et al. 2015 use VGG-19)
+TEXTURE_ROLE = "vgg19"
+#: the role used instead where a profile has no VGG-19 stand-in
+TEXTURE_FALLBACK_ROLE = "vgg16"
+TILES_PROTOCOL = "repro report: 4x4 tiles (other grids: ours)"
+TEXTURE_PROTOCOL = "paper, Fig. 5: Gatys et al. (2015) textures"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """grids: tiles per side (the report: 4x4; Fig. 5 also shows 2x2 and 8x8); texture_steps,
-    texture_lr: Adam steps and learning rate of the Gatys texture synthesis on VGG-16's Gram
-    matrices; texture_images: the first N images are texturised (synthesis is expensive);
-    texture_note: a caveat shown beside the texture numbers (e.g. a stand-in VGG)."""
+    """grids: tiles per side of the tile scrambling; texture_optimizer: 'lbfgs' (Gatys et al.) or
+    'adam' (a fast approximation, not Gatys: Adam on sigmoid pixels, same loss and network);
+    texture_iterations: optimiser iterations per texture; texture_lr: the optimiser's step scale
+    (None: its default, L-BFGS 1, Adam 0.05); texture_images: the first N images are texturised
+    (synthesis is expensive); texture_note: a caveat shown beside the texture numbers (e.g. a
+    stand-in VGG)."""
 
-    grids: tuple[int, ...] = (2, 4, 8)
-    texture_steps: int = 300
-    texture_images: int = 200
-    texture_lr: float = 0.05
-    texture_note: str = ""
+    grids: tuple[int, ...] = our_setting((2, 4, 8), "tile scrambling is the reproducibility report's experiment "
+                                                    "(4x4); 2x2 and 8x8 are ours")
+    texture_optimizer: Literal["lbfgs", "adam"] = paper_setting(
+        "lbfgs", "Fig. 5", "texturised as Gatys et al. (2015), who optimise with L-BFGS")
+    texture_iterations: int = our_setting(GATYS_ITERATIONS, "neither paper gives a count; 2000 is Gatys et al.'s "
+                                                            "released code (DeepTextures, Example.ipynb)")
+    texture_lr: float | None = our_setting(None, "the optimiser's default step scale")
+    texture_images: int = our_setting(200, "the paper gives no image count for Fig. 5; synthesis is expensive")
+    texture_note: str = our_setting("", "no caveat")
 
 
 def texturer(ctx: RunContext) -> str | None:
-    """The model whose Gram matrices make the textures (VGG-16's stand-in), or None when the run has
-    none: then only the tiles are scrambled (the reproducibility report's protocol needs no VGG)."""
-    return ctx.role("vgg16") if ctx.present_roles(("vgg16",)) else None
+    """The model whose Gram matrices make the textures: the stand-in for VGG-19, else VGG-16's (said in
+    a line), or None when the run has neither: then only the tiles are scrambled (the reproducibility
+    report's protocol needs no VGG)."""
+    if ctx.profile.has_role(TEXTURE_ROLE):
+        return ctx.role(TEXTURE_ROLE)
+    if ctx.profile.has_role(TEXTURE_FALLBACK_ROLE):
+        ctx.say(f"[{ctx.name}] no model stands in for VGG-19 (Gatys et al.'s texturiser): "
+                f"{ctx.role(TEXTURE_FALLBACK_ROLE)} synthesises the textures")
+        return ctx.role(TEXTURE_FALLBACK_ROLE)
+    ctx.say(f"[{ctx.name}] no VGG stands in for VGG-19 or VGG-16: no textures, tiles only")
+    return None
 
 
 def textures(ctx: RunContext, settings: Settings, store, texturer: str | None) -> dict:
     """Texturised versions of the first ``texture_images`` images (computed once, kept in the unit
-    store as the arrays of the unit ``textures__<texturer>``): images [N, 3, H, W], labels [N], ids;
-    none without a texturer."""
+    store as the arrays of the unit ``textures__<texturer>``): images [N, 3, H, W], labels [N], ids,
+    and per image the Gatys loss at the start and at the end and the iterations run; none without
+    a texturer. Image i starts from noise seeded by the run's seed and i, so a texture does not
+    depend on the batching."""
     if texturer is None:
         size = ctx.image_size
-        return {"images": torch.zeros(0, 3, size, size), "labels": torch.zeros(0, dtype=torch.long), "ids": []}
+        return {"images": torch.zeros(0, 3, size, size), "labels": torch.zeros(0, dtype=torch.long), "ids": [],
+                "loss": np.zeros(0), "initial_loss": np.zeros(0), "iterations": np.zeros(0, dtype=np.int64)}
     unit = f"textures__{texturer}"
     if not store.has_arrays(unit):
         vgg = ctx.model(texturer)
         count = min(settings.texture_images, len(ctx.images()))
-        images, labels, ids = [], [], []
-        for index, (batch, batch_labels, batch_ids) in enumerate(ctx.progress(
-                ctx.images().subset(range(count)).batches(ctx.batch_size), desc=f"textures ({texturer})")):
-            images.append(texturise(batch.to(ctx.device, non_blocking=True), vgg, vgg.zoo_spec.preprocess.normalize,
-                                    settings.texture_steps, settings.texture_lr, ctx.seed + index).cpu())
-            labels.append(batch_labels)
+        parts: dict[str, list] = {"images": [], "labels": [], "loss": [], "initial_loss": [], "iterations": []}
+        ids, done = [], 0
+        for batch, batch_labels, batch_ids in ctx.progress(
+                ctx.images().subset(range(count)).batches(ctx.batch_size), desc=f"textures ({texturer})"):
+            seeds = [ctx.seed * TEXTURE_SEED_STRIDE + done + i for i in range(len(batch_ids))]
+            result = texturise(batch.to(ctx.device, non_blocking=True), vgg, vgg.zoo_spec.preprocess.normalize,
+                               iterations=settings.texture_iterations, seeds=seeds,
+                               optimizer=settings.texture_optimizer, lr=settings.texture_lr)
+            for key in ("images", "loss", "initial_loss", "iterations"):
+                parts[key].append(getattr(result, key).cpu())
+            parts["labels"].append(batch_labels)
             ids += batch_ids
-        store.save_arrays(unit, {"images": torch.cat(images).numpy(), "labels": torch.cat(labels).numpy(),
+            done += len(batch_ids)
+        store.save_arrays(unit, {**{key: torch.cat(values).numpy() for key, values in parts.items()},
                                  "ids": np.array(ids)})
     arrays = store.load_arrays(unit)
     return {"images": torch.from_numpy(arrays["images"]), "labels": torch.from_numpy(arrays["labels"]),
-            "ids": arrays["ids"].tolist()}
+            "ids": arrays["ids"].tolist(), "loss": arrays["loss"], "initial_loss": arrays["initial_loss"],
+            "iterations": arrays["iterations"]}
+
+
+#: image i of a run with seed s starts its texture from noise seeded s * stride + i
+TEXTURE_SEED_STRIDE = 1_000_003
+
+
+def texture_table(texture_set: dict, texturer: str | None, settings: Settings) -> pd.DataFrame:
+    """One row per texturised image: image_id, texturiser, optimizer, iterations, initial_loss, loss,
+    loss_ratio (loss / initial_loss) and converged (loss_ratio <= CONVERGED_RATIO)."""
+    loss, initial = np.asarray(texture_set["loss"], np.float64), np.asarray(texture_set["initial_loss"], np.float64)
+    ratio = loss / np.where(initial > 0, initial, np.nan)
+    return pd.DataFrame({"image_id": texture_set["ids"], "texturiser": texturer, "optimizer": settings.texture_optimizer,
+                         "iterations": texture_set["iterations"], "initial_loss": initial, "loss": loss,
+                         "loss_ratio": ratio, "converged": ratio <= CONVERGED_RATIO})
 
 
 def model_rows(ctx: RunContext, name: str, settings: Settings, texture_set: dict) -> pd.DataFrame:
@@ -114,16 +168,23 @@ def run(ctx: RunContext) -> None:
     clean = clean_predictions(ctx, ctx.model_names).assign(method="clean", grid=0)
     columns = ["model", "role", "image_id", "method", "grid", "correct_top1", "correct_top5"]
     predictions = pd.concat([clean[columns], *[f[columns] for f in frames]], ignore_index=True)
-    ctx.write_csv(predictions, "predictions.csv", texturiser=vgg)
-    ctx.write_csv(table(predictions, settings.texture_note), "table.csv", texturiser=vgg)
+    textures_frame = texture_table(texture_set, vgg, settings)
+    converged_share = float(textures_frame["converged"].mean()) if len(textures_frame) else float("nan")
+    meta = {"texturiser": vgg, "converged_ratio": CONVERGED_RATIO, "textures_converged": converged_share}
+    ctx.write_csv(predictions, "predictions.csv", **meta)
+    ctx.write_csv(textures_frame, "textures.csv", **meta)
+    ctx.write_csv(table(predictions, settings.texture_note, report_protocol=ctx.tuned is not None), "table.csv",
+                  **meta)
     _save_examples(ctx, settings, texture_set)
 
 
-def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
-    """Per model and manipulation: clean and manipulated top-1/top-5 (fractions), drop, report/paper
-    numbers, then the 95 % intervals (fractions): exact for clean and manipulated accuracy, a paired
-    bootstrap over images for the drop (each image's clean minus manipulated correctness, so that
-    the clean and manipulated answers on one image stay together).
+def table(predictions: pd.DataFrame, texture_note: str = "", report_protocol: bool = False) -> pd.DataFrame:
+    """Per model and manipulation: its protocol, clean and manipulated top-1/top-5 (fractions), drop,
+    the reference numbers with their sources where they apply (texture, VGG-16: the paper's Fig. 5
+    top-5; 4x4 tiles: the reproducibility report's 15-scene top-1, only when ``report_protocol``, a
+    ``--train`` run of the report's protocol), then the 95 % intervals (fractions): exact for clean
+    and manipulated accuracy, a paired bootstrap over images for the drop (each image's clean minus
+    manipulated correctness, so that the clean and manipulated answers on one image stay together).
 
     Clean accuracy is taken on the same images as the manipulated one (textures use a subset)."""
     rows, drop_intervals = [], {f"drop_{metric}_{bound}": [] for metric in ("top1", "top5") for bound in ("low", "high")}
@@ -131,7 +192,8 @@ def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
         clean = group[group["method"] == "clean"].set_index("image_id")
         for (method, grid), manipulated in group[group["method"] != "clean"].groupby(["method", "grid"], sort=False):
             same = clean.loc[manipulated["image_id"]]
-            row = {"model": model, "role": role, "method": method, "grid": grid, "n_images": len(manipulated)}
+            row = {"model": model, "role": role, "method": method, "grid": grid, "n_images": len(manipulated),
+                   "protocol": TEXTURE_PROTOCOL if method == "texture" else TILES_PROTOCOL}
             for metric in ("top1", "top5"):
                 row[f"clean_{metric}"] = same[f"correct_{metric}"].mean()
                 row[f"manipulated_{metric}"] = manipulated[f"correct_{metric}"].mean()
@@ -141,11 +203,15 @@ def table(predictions: pd.DataFrame, texture_note: str = "") -> pd.DataFrame:
                 low, high = mean_interval(drop_per_image)
                 drop_intervals[f"drop_{metric}_low"].append(low)
                 drop_intervals[f"drop_{metric}_high"].append(high)
-            report = paper.SCRAMBLED_4X4_REPORT.get(role) if method == "tiles" and grid == 4 else None
+            report = (paper.SCRAMBLED_4X4_REPORT.get(role)
+                      if report_protocol and method == "tiles" and grid == 4 else None)
             row["report_clean_top1"], row["report_scrambled_top1"] = report or (np.nan, np.nan)
-            if method == "texture" and role == "vgg16":
-                row["paper_clean_top5_pct"] = paper.TEXTURISED_VGG16_TOP5["clean"]
-                row["paper_texture_top5_pct"] = paper.TEXTURISED_VGG16_TOP5["texture"]
+            row["report_clean_top1_source"] = row["report_scrambled_top1_source"] = (
+                paper.SCRAMBLED_4X4_REPORT.source if report else "")
+            texture_reference = method == "texture" and role == "vgg16"
+            for stage in ("clean", "texture"):
+                row[f"paper_{stage}_top5_pct"] = paper.TEXTURISED_VGG16_TOP5[stage] if texture_reference else np.nan
+                row[f"paper_{stage}_top5_pct_source"] = paper.TEXTURISED_VGG16_TOP5.source if texture_reference else ""
             row["note"] = texture_note if method == "texture" else ""
             rows.append(row)
     accuracies = pd.DataFrame(rows)
@@ -170,8 +236,8 @@ def _save_examples(ctx: RunContext, settings: Settings, texture_set: dict) -> No
 
 
 def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Fig. 5: example manipulated images, and top-1 accuracy per model and manipulation (error bars:
-    the exact 95 % intervals)."""
+    """Fig. 5: example manipulated images, top-1 accuracy per model and manipulation (error bars: the
+    exact 95 % intervals), and the distribution of the textures' losses relative to their start."""
     summary = read_csv(results_dir / "table.csv")
     examples = np.load(results_dir / "examples.npz")
     columns = ["clean"] + sorted((k for k in examples.files if k.startswith("tiles_")),
@@ -204,38 +270,83 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     ax.set_xticks(x + width * len(conditions) / 2, models, rotation=30, ha="right")
     ax.set_ylabel("top-1 accuracy (95 % interval)")
     note = summary.loc[summary["method"] == "texture", "note"].dropna()
-    ax.set_title("Fig. 5: accuracy on scrambled and texturised images" + (f"\n({note.iloc[0]})" if len(note) and note.iloc[0] else ""),
+    ax.set_title("Fig. 5 (texturised: the paper's) and tile scrambling (the reproducibility report's)" + (f"\n({note.iloc[0]})" if len(note) and note.iloc[0] else ""),
                  fontsize=8)
     ax.legend(fontsize=7)
-    return paths + save_figure(fig, figures_dir / "fig5_scrambling_accuracy")
+    paths += save_figure(fig, figures_dir / "fig5_scrambling_accuracy")
+    textures_path = results_dir / "textures.csv"
+    textures = read_csv(textures_path) if textures_path.is_file() else pd.DataFrame()
+    if len(textures):
+        paths += _loss_figure(textures, figures_dir)
+    return paths
+
+
+def _loss_figure(textures: pd.DataFrame, figures_dir: Path) -> list[Path]:
+    """The distribution of the textures' final loss relative to their start (log scale), with the
+    convergence threshold."""
+    ratios = np.log10(textures["loss_ratio"].clip(lower=1e-12).to_numpy(np.float64))
+    fig, ax = new_figure(figsize=(4.2, 2.8))
+    ax.hist(ratios, bins=min(30, max(5, len(ratios))), color=OURS_COLOUR)
+    ax.axvline(np.log10(CONVERGED_RATIO), color="k", ls="--", lw=0.8,
+               label=f"converged: loss <= {CONVERGED_RATIO:g} x start")
+    ax.set_xlabel("log10(final loss / loss at the start)")
+    ax.set_ylabel("textures")
+    converged = textures["converged"].astype(bool).mean()
+    ax.set_title(f"Texture synthesis ({textures['optimizer'].iloc[0]}, {int(textures['iterations'].max())} "
+                 f"iterations on {textures['texturiser'].iloc[0]}): {100 * converged:.0f} % converged", fontsize=8)
+    ax.legend(fontsize=7)
+    return save_figure(fig, figures_dir / "fig5_texture_loss")
 
 
 def report_table(results_dir: Path):
+    """Texturisation (the paper's Fig. 5): every model's top-5 on the textures, VGG-16's beside the
+    paper's, and the share of converged textures; tile scrambling (the reproducibility report's
+    experiment): clean and scrambled top-1, beside the report's 15-scene numbers only in a run of its
+    protocol (``--train``), without a reference elsewhere."""
     summary = read_csv(results_dir / "table.csv")
     tiles = summary[summary["method"] == "tiles"]
     texture = summary[summary["method"] == "texture"]
-    parts = [comparison(tiles, ["model", "grid"], "clean top-1 (report: 15-scene test, 4x4 only)", "clean_top1",
-                        "report_clean_top1"),
-             comparison(tiles, ["model", "grid"], "scrambled top-1 (report: 4x4 tiles)", "manipulated_top1",
-                        "report_scrambled_top1")]
-    if "paper_texture_top5_pct" in texture:
-        in_pct = {f"ours_pct{suffix}": texture[f"manipulated_top5{suffix}"] * 100 for suffix in ("", "_low", "_high")
-                  if f"manipulated_top5{suffix}" in texture}
-        parts.append(comparison(texture.assign(**in_pct), ["model", "grid"], "texturised top-5 (%)", "ours_pct",
-                                "paper_texture_top5_pct"))
+    in_pct = {f"ours_pct{suffix}": texture[f"{stage}_top5{suffix}"] * 100
+              for stage, suffix in (("manipulated", ""), ("manipulated", "_low"), ("manipulated", "_high"))}
+    parts = [comparison(texture.assign(**in_pct), ["model", "protocol"], "texturised top-5 (%)", "ours_pct",
+                        "paper_texture_top5_pct")]
+    clean_pct = {f"ours_pct{suffix}": texture[f"clean_top5{suffix}"] * 100 for suffix in ("", "_low", "_high")}
+    parts.append(comparison(texture.assign(**clean_pct), ["model", "protocol"], "clean top-5 on the same images (%)",
+                            "ours_pct", "paper_clean_top5_pct"))
+    textures_path = results_dir / "textures.csv"
+    if textures_path.is_file():
+        textures = read_csv(textures_path)
+        if len(textures):
+            converged = int(textures["converged"].astype(bool).sum())
+            low, high = proportion_interval(converged, len(textures))
+            parts.append(pd.DataFrame({
+                "model": [textures["texturiser"].iloc[0]], "protocol": [TEXTURE_PROTOCOL],
+                "metric": [f"textures converged (loss <= {CONVERGED_RATIO:g} x start; {len(textures)} images)"],
+                "ours": [converged / len(textures)], "ours_low": [low], "ours_high": [high],
+                "reference": [np.nan], "source": [""], "difference": [np.nan], "reference_vs_ours": [""]}))
+    for metric, ours, reference in (("clean top-1", "clean_top1", "report_clean_top1"),
+                                    ("scrambled top-1", "manipulated_top1", "report_scrambled_top1")):
+        parts.append(comparison(tiles.assign(protocol=tiles["protocol"] + ", " + tiles["grid"].astype(int).astype(str)
+                                             + "x" + tiles["grid"].astype(int).astype(str)),
+                                ["model", "protocol"], metric, ours, reference))
     return pd.concat(parts, ignore_index=True)
 
 
-
 def plan(ctx: RunContext) -> list:
-    """--plan: VGG-16's texture synthesis (a target pass, then one forward and backward per step and
-    image); per model the scrambled images of every grid and the textures; the clean predictions."""
+    """--plan: the texture synthesis on the VGG-19 stand-in (per image: the target pass, the starting
+    loss, one forward and backward per iteration; Adam: the final loss; L-BFGS: at least that, its
+    line search adds trials); per model the scrambled images of every grid and the textures; the
+    clean predictions."""
     settings = ctx.settings
     count = len(ctx.images())
     vgg = texturer(ctx)
     textures = 0 if vgg is None else min(settings.texture_images, count)
-    work = [] if vgg is None else [Work(vgg, "texture synthesis", textures, textures * (1 + settings.texture_steps),
-                                        textures * settings.texture_steps)]
+    # the targets, the loss at the start, one forward and backward per iteration, the final loss (Adam);
+    # L-BFGS adds its line search's trial steps (data-dependent: this is its lower bound)
+    steps = settings.texture_iterations
+    forward = textures * (2 + steps + (1 if settings.texture_optimizer == "adam" else 0))
+    work = [] if vgg is None else [Work(vgg, f"texture synthesis ({settings.texture_optimizer})", textures, forward,
+                                        textures * steps)]
     work += [Work(name, "scrambled + texturised", count, count * len(settings.grids) + textures)
              for name in ctx.model_names]
     return work + clean_work(ctx, ctx.model_names)

@@ -34,7 +34,7 @@ TINY_SETTINGS = {
     "masking": {"num_images": 1, "steps": 3, "random_seeds": 1, "ig_steps": 2},
     "interactions": {"patch_sizes": (56,), "num_images": 1},
     "logit_correlation": {"num_images": 2},
-    "scrambling": {"grids": (4,), "texture_steps": 1, "texture_images": 1},
+    "scrambling": {"grids": (4,), "texture_iterations": 1, "texture_images": 1},
     "heatmaps": {"num_images": 1, "ig_steps": 2},
     "top_patches": {"num_classes": 1, "k": 2},
     "misclassified": {"num_images": 1},

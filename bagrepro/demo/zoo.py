@@ -37,8 +37,8 @@ class DemoModel:
     the builder's settings. Family and settings (:attr:`architecture`) enter the cache key of the
     trained weights, so changing either retrains. recipe: how it is trained; roles: the paper models
     it stands in for ('bagnet33', 'vgg16', ...): the first is its own, the others it covers while no
-    entry has them as its own (the demo VGG-16 also stands in for VGG-11); paper_name: its display
-    name in tables and figures.
+    entry has them as its own (the demo VGG-16 also stands in for VGG-11 and, as the texturiser,
+    VGG-19); paper_name: its display name in tables and figures.
     """
 
     family: str
@@ -91,7 +91,7 @@ DEMO_ZOO: dict[str, DemoModel] = {
         "vgg",
         {"cfg": [16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M", 64, 64, 64, "M"],
          "batch_norm": True, "pool": 2, "hidden": 128, "dropout": 0.3},
-        TrainRecipe(epochs=7), roles=("vgg16", "vgg11"), paper_name="VGG-16 (demo)"),
+        TrainRecipe(epochs=7), roles=("vgg16", "vgg11", "vgg19"), paper_name="VGG-16 (demo)"),
     # ResNet-50 stages (Bottleneck, expansion 4), planes 16/32/64/128 (64/128/256/512 / 4)
     "demo_resnet50": DemoModel("resnet", {"layers": [1, 2, 2, 1], "width": 16},
                                TrainRecipe(epochs=6), roles=("resnet50", "resnet152"),

@@ -54,6 +54,8 @@ _TORCHVISION_MODELS = {
     # zoo name: (builder, V1 weights enum member, paper name)
     "vgg11": (torchvision.models.vgg11, torchvision.models.VGG11_Weights.IMAGENET1K_V1, "VGG-11"),
     "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1, "VGG-16"),
+    # not compared: Gatys et al.'s (2015) texturiser for Fig. 5 (experiments/scrambling.py)
+    "vgg19": (torchvision.models.vgg19, torchvision.models.VGG19_Weights.IMAGENET1K_V1, "VGG-19"),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "ResNet-50"),
     "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights.IMAGENET1K_V1, "ResNet-152"),
     # not one of the paper's models: the reproducibility report's (15-scene) table has it
