@@ -98,7 +98,7 @@ def _accuracy_metric(results: Path) -> str:
     path = results / "accuracy" / "predictions.meta.json"
     try:
         return str(json.loads(path.read_text()).get("accuracy_metric") or "top5")
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # no sidecar: the paper's metric
         return "top5"
 
 
@@ -114,6 +114,8 @@ def accuracy_rises_with_q(results: Path) -> Contrast:
     if not all(r in roles for r in ("bagnet9", "bagnet17", "bagnet33")):
         return Contrast(finding, paper_text, "", NOT_RUN, source, reference.source)
     metric = _accuracy_metric(results)
+    if f"correct_{metric}" not in predictions:  # a CSV without its sidecar: the metric it has
+        metric = "top5" if "correct_top5" in predictions else "top1"
     column, label = f"correct_{metric}", metric.replace("top", "top-")
     parts, verdicts = [], []
     for role in ("bagnet9", "bagnet17", "bagnet33"):

@@ -661,6 +661,14 @@ def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
         heatmap = "" if rate.heatmap is None else f"{1000 * rate.heatmap:.1f}"
         log(f"{name:<20} {1000 * rate.forward:9.1f} {1000 * rate.forward_eager:9.1f} {1000 * rate.backward:9.1f} "
             f"{heatmap:>9} {rate.batch_mib(ctx.batch_size):10.0f} {rate.largest_batch(free):6d}")
+    for experiment in experiments:
+        if experiment.plan_notes is not None:
+            ctx.begin(experiment)
+            try:
+                for line in experiment.plan_notes(ctx):
+                    log(f"[{experiment.name}] {line}")
+            finally:
+                ctx.end()
     total = total_busiest = 0.0
     log(f"{'experiment':<18} {'estimate':>10} {'per process':>12}")
     for experiment in experiments:
@@ -670,14 +678,6 @@ def plan_run(options: RunOptions, log=print) -> list[tuple[str, object]]:
         log(f"{experiment.name:<18} {plan.human(sum(seconds)):>10} {plan.human(busiest):>12}")
     log(f"{'total':<18} {plan.human(total):>10} {plan.human(total_busiest):>12}"
         + ("" if world == 1 else f"   ({world} processes)"))
-    for experiment in experiments:
-        if experiment.plan_notes is not None:
-            ctx.begin(experiment)
-            try:
-                for line in experiment.plan_notes(ctx):
-                    log(f"[{experiment.name}] {line}")
-            finally:
-                ctx.end()
     return [(experiment.name, work) for experiment, work in rows]
 
 

@@ -60,7 +60,8 @@ def predictions(correct_top1: dict[str, list[float]], classes: int = 2) -> pd.Da
 def test_accuracy_summary_appends_exact_intervals_in_percent():
     rows = predictions({"b": [1, 0, 1, 1, 0.5, 0, 1, 1], "r": [1.0] * 8})
     summary = accuracy.summarize(rows)
-    old = ["model", "role", "n_images", "top1", "top5", "paper_top1", "paper_top5", "diff_top1", "diff_top5"]
+    old = ["model", "role", "n_images", "top1", "top5", "reference_top1", "reference_top1_source", "reference_top5",
+           "reference_top5_source", "diff_top1", "diff_top5"]
     assert list(summary.columns) == old + ["top1_low", "top1_high", "top5_low", "top5_high"]
     for metric in ("top1", "top5"):
         assert_inside(summary, metric)
@@ -105,11 +106,13 @@ def scrambled(images: int, clean_right: int, tiles_right: int, texture_images: i
 
 def test_scrambling_table_appends_exact_and_paired_bootstrap_intervals():
     table = scrambling.table(scrambled(40, 40, 20, texture_images=10), "note")
-    old = ["model", "role", "method", "grid", "n_images", "clean_top1", "manipulated_top1", "drop_top1",
-           "clean_top5", "manipulated_top5", "drop_top5", "report_clean_top1", "report_scrambled_top1", "note"]
+    old = ["model", "role", "method", "grid", "n_images", "protocol", "clean_top1", "manipulated_top1", "drop_top1",
+           "clean_top5", "manipulated_top5", "drop_top5", "report_clean_top1", "report_scrambled_top1",
+           "report_clean_top1_source", "report_scrambled_top1_source", "paper_clean_top5_pct",
+           "paper_clean_top5_pct_source", "paper_texture_top5_pct", "paper_texture_top5_pct_source", "note"]
     added = [f"{stage}_{metric}_{bound}" for metric in ("top1", "top5") for stage in ("clean", "manipulated", "drop")
              for bound in ("low", "high")]
-    assert list(table.columns) == old + ["paper_clean_top5_pct", "paper_texture_top5_pct"] + added
+    assert list(table.columns) == old + added
     for column in ("clean_top1", "manipulated_top1", "drop_top1", "clean_top5", "manipulated_top5", "drop_top5"):
         assert_inside(table, column)
     tiles, texture = table.set_index("method").loc["tiles"], table.set_index("method").loc["texture"]
@@ -243,7 +246,7 @@ def timings(repeats: int, load) -> pd.DataFrame:
 def test_runtime_intervals_over_repeats_keep_each_repeat_paired():
     summary = runtime.summarize(timings(5, lambda repeat: 1 + 0.3 * repeat))
     old = ["model", "role", "path", "images_per_s", "repeats", "relative_to_reference", "reference_model",
-           "paper_relative"]
+           "paper_relative", "paper_relative_source"]
     assert list(summary.columns) == old + ["images_per_s_low", "images_per_s_high", "relative_to_reference_low",
                                            "relative_to_reference_high"]
     for column in ("images_per_s", "relative_to_reference"):

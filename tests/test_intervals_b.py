@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
+from bagrepro import paper
+
 from experiments.interactions import correlations
 from experiments.logit_correlation import (
     PEARSON_SUMS,
@@ -56,7 +58,7 @@ def test_logit_correlation_summary_intervals_hold_the_estimates_and_shrink_with_
     a, b = correlated_logits(200)
     few, many = summarise(unit_frame(a[:20], b[:20])).iloc[0], summarise(unit_frame(a, b)).iloc[0]
     assert list(summarise(unit_frame(a, b)).columns) == [
-        "model", "role", "reference", "n_images", "pooled_r", "mean_per_image_r", "paper_r", "difference",
+        "model", "role", "reference", "n_images", "pooled_r", "mean_per_image_r", "paper_r", "paper_r_source", "difference",
         "pooled_r_low", "pooled_r_high", "mean_per_image_r_low", "mean_per_image_r_high"]
     for row in (few, many):
         for column in ("pooled_r", "mean_per_image_r"):
@@ -131,7 +133,14 @@ def test_comparisons_are_paired_differences_that_resolve_their_sign():
     assert row["bagnet_minus_white_box"] == pytest.approx(table.loc["bagnet33", "ours"] - table.loc["saliency", "ours"])
     assert row["bagnet_minus_white_box_low"] <= row["bagnet_minus_white_box"] <= row["bagnet_minus_white_box_high"]
     assert row["resolved"] == "below"  # 0.1 lower on every image, give or take 0.05: the sample resolves it
-    assert row["paper_bagnet_minus_white_box"] == pytest.approx(0.193 - 0.369)
+    assert np.isnan(row["paper_bagnet_minus_white_box"])  # after 2 patches: Table 1's 100 do not compare
+    # at Table 1's k = 100 the paper's difference stands beside ours, with its source
+    at_100 = curves.assign(k=curves["k"].replace({2: paper.TABLE1_STEPS}))
+    paired, table_at_100 = comparisons(at_100).iloc[0], table1(at_100).set_index("method")
+    assert paired["paper_bagnet_minus_white_box"] == pytest.approx(0.193 - 0.369)
+    assert paired["paper_bagnet_minus_white_box_source"] == paper.TABLE1_DIFFERENCE_SOURCE
+    assert table_at_100.loc["saliency", "paper"] == 0.369 and table_at_100.loc["saliency", "paper_source"] == "paper, Table 1"
+    assert table.loc["saliency", "paper_source"] == "" and np.isnan(table.loc["saliency", "paper"])
     # paired: the images' own spread (0.3 to 0.7) does not widen the interval of the difference
     assert row["bagnet_minus_white_box_high"] - row["bagnet_minus_white_box_low"] < 0.05
     assert comparisons(masking_curves_frame(60, shift=0.2)).iloc[0]["resolved"] == "above"

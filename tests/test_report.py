@@ -39,7 +39,7 @@ def paper_md_numbers() -> list[float]:
 
 
 #: what a paper reference must name: a section, figure, table, equation or appendix
-SECTION = re.compile(r"\b(Sec\.|Fig\.|Table|eq\.|Appendix)\s*[A-Z]?\d")
+SECTION = re.compile(r"\b(Sec\.|Fig\.|Table|eq\.|Appendix)\s*[A-Z]?\.?\d")
 
 
 def test_every_reference_names_its_source_and_paper_values_are_paper_md_numbers():
