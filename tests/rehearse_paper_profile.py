@@ -46,7 +46,8 @@ TINY_SETTINGS = {
 def main(root: Path, extra: list[str] | None = None) -> int:
     mirror = root / "mirror"
     mirror.mkdir(parents=True, exist_ok=True)
-    for name in profiles.PAPER_ROLES:  # every paper model re-pointed at a local random checkpoint
+    # every model of the paper profile (its roles, VGG-19 the texturiser too) re-pointed at a local random checkpoint
+    for name in dict.fromkeys(profiles.PROFILES["paper"].stand_ins.values()):
         spec = get_spec(name)
         stem = Path(spec.weights.url).name.split("-")[0].split(".")[0]
         existing = sorted(mirror.glob(f"{stem}-*.pth"))

@@ -11,7 +11,8 @@ from torch import nn
 import run_all
 from bagrepro.metrics import error_consistency, top_k_hits
 from bagrepro.models import create_model
-from bagrepro.scrambling import _grams, scramble_tiles, texture_layers, texturise
+from bagrepro.scrambling import scramble_tiles
+from experiments import scrambling
 from experiments.error_distribution import PAIRS, compare, distinct_pairs
 from experiments.logit_correlation import pearson_rows
 from experiments.thresholding import summarize, thresholded_scores
@@ -84,24 +85,6 @@ def test_a_one_pixel_receptive_field_model_is_unchanged_by_tile_scrambling():
             assert torch.allclose(model(scramble_tiles(images, grid, seed=grid)), model(images), atol=1e-6)
 
 
-def test_texturise_matches_gram_matrices_better_than_its_start():
-    vgg = create_model("smoke_vgg16")
-    normalize = vgg.zoo_spec.preprocess.normalize
-    images = torch.rand(2, 3, 32, 32)
-    layers = texture_layers(vgg)
-    assert layers[0] == 1 and len(layers) == 5  # first ReLU, then four max-pools
-
-    def loss(x):
-        with torch.no_grad():
-            return sum(((g - t) ** 2).sum() for g, t in zip(_grams(vgg.features, layers, normalize(x)),
-                                                            _grams(vgg.features, layers, normalize(images))))
-
-    start = texturise(images, vgg, normalize, steps=0, seed=3)
-    result = texturise(images, vgg, normalize, steps=30, lr=0.1, seed=3)
-    assert result.min() >= 0 and result.max() <= 1 and result.shape == images.shape
-    assert loss(result) < 0.5 * loss(start)
-
-
 # ---- error distribution, logit correlation ----------------------------------------------------------
 def test_kappa_of_a_model_with_itself_is_one_and_independent_errors_give_zero():
     generator = np.random.default_rng(0)
@@ -157,8 +140,30 @@ def test_analyses_run_on_the_smoke_profile(tmp_path):
     table = pd.read_csv(results / "scrambling" / "table.csv")
     assert set(zip(table["method"], table["grid"])) == {("tiles", 2), ("tiles", 4), ("tiles", 8), ("texture", 0)}
     assert table.loc[table["method"] == "texture", "note"].str.contains("not a faithful texture").all()
+    # whose protocol: texturisation is the paper's, tiles the reproducibility report's (its numbers only in
+    # a --train run of its protocol: none here)
+    assert set(table["protocol"]) == {scrambling.TEXTURE_PROTOCOL, scrambling.TILES_PROTOCOL}
+    assert table.loc[table["method"] == "tiles", "report_scrambled_top1"].isna().all()
+    texture_vgg = table[(table["method"] == "texture") & (table["role"] == "vgg16")].iloc[0]
+    assert texture_vgg["paper_texture_top5_pct"] == 79.4 and texture_vgg["paper_texture_top5_pct_source"] == "paper, Fig. 5"
+    textures = pd.read_csv(results / "scrambling" / "textures.csv")
+    assert len(textures) == 8 and (textures["loss_ratio"] == textures["loss"] / textures["initial_loss"]).all()
+    assert (textures["converged"] == (textures["loss_ratio"] <= scrambling.CONVERGED_RATIO)).all()
+    assert (figures / "scrambling" / "fig5_texture_loss.png").stat().st_size > 5_000
     # the accuracy units that error_distribution and scrambling filled are the accuracy experiment's own
     assert len(list((results / "accuracy" / ".units").glob("*/*.csv"))) == 6
     for figure in ("logit_correlation/fig1c_logit_correlation", "error_distribution/fig7_error_distribution",
                    "thresholding/figA4_thresholding", "scrambling/fig5_examples", "scrambling/fig5_scrambling_accuracy"):
         assert (figures / f"{figure}.png").stat().st_size > 5_000 and (figures / f"{figure}.pdf").is_file()
+
+
+def test_misclassified_shows_both_models_probabilities_of_the_same_classes(tmp_path):
+    args = ["--profile", "smoke", "--quiet", "--out", str(tmp_path), "--experiment", "misclassified"]
+    assert run_all.main(args) == 0
+    probabilities = pd.read_csv(tmp_path / "results" / "misclassified" / "probabilities.csv")
+    assert len(probabilities) and set(probabilities["class_kind"]) == {"true", "bagnet33 predicted", "vgg16 predicted"}
+    per_kind = probabilities.groupby(["image_id", "class_kind"])
+    assert (per_kind["model"].nunique() == 2).all() and (per_kind["class"].nunique() == 1).all()  # the same class
+    images = pd.read_csv(tmp_path / "results" / "misclassified" / "images.csv").set_index(["image_id", "model"])
+    for row in probabilities[probabilities["class_kind"] == "true"].itertuples():
+        assert row.probability == pytest.approx(images.loc[(row.image_id, row.model), "p_true"])

@@ -76,3 +76,15 @@ def test_the_experiments_patches_are_the_brute_force_top_k(tmp_path):
                 assert bool(in_group[index]) and images.labels[index] == patch["true_class"]
                 value = logits[index, cls, patch["row"] // BAGNET_STRIDE, patch["col"] // BAGNET_STRIDE]
                 assert abs(value.item() - patch["logit"]) < 1e-5
+
+
+def test_imagenet_runs_show_the_papers_classes_by_default():
+    from bagrepro.data import synsets
+    from experiments.top_patches import paper_classes
+
+    wnids = list(synsets.IMAGENET_WNIDS)
+    chosen = paper_classes(wnids)
+    assert [synsets.class_name(i) for i in chosen] == ["book jacket", "typewriter keyboard", "tench", "flamingo",
+                                                       "groom"]
+    assert paper_classes(wnids[:500]) == []  # a data set without them all: a seeded choice instead
+    assert paper_classes([f"class{i}" for i in range(10)]) == []
