@@ -37,7 +37,7 @@ DEMO_PROFILE = register_profile(Profile(
         # 16 of the 225 8 x 8 patches (7 %; the paper's 100 of 784 are 13 %); IG with 32 steps (paper 100)
         "masking": {"num_images": 24, "steps": 16, "random_seeds": 2, "ig_steps": 32},
         # Gatys's L-BFGS on the demo VGG-16 (the profile's VGG-19 stand-in), fewer iterations than their 2000
-        "scrambling": {"grids": (2, 4, 8), "texture_iterations": 100, "texture_images": 16,
+        "scrambling": {"grids": (2, 4, 8), "texture_iterations": 100, "texture_images": 32,
                        "texture_note": "100 L-BFGS iterations on the demo VGG-16 (the VGG-19 stand-in, trained on "
                                        "the demo world, not ImageNet)"},
         "heatmaps": {"num_images": 6, "ig_steps": 32},
