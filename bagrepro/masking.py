@@ -9,11 +9,14 @@ untouched. Patch index p = row * grid_width + column.
 - :func:`masking_curves`: the spatial-sensitivity engine (Fig. 8): patches masked one after another
   in descending score, the leading class's probability after every step, all steps of many images
   in chunked batches (memory bounded by ``chunk_size``, not by the number of steps).
-- :func:`interaction_terms`: eq. 1's two sides for a set of separated masks, batched.
+- :func:`interaction_terms`: eq. 1's two sides for a set of separated masks, batched; its grid
+  (:func:`separated_masks`) covers the whole image, border cells clipped, so that about a quarter is
+  masked at every size.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
@@ -170,16 +173,70 @@ def batched_masking_curves(model, images: torch.Tensor, ranks: torch.Tensor, lea
     return probabilities.reshape(batch, steps + 1)
 
 
-def separated_masks(height: int, width: int, patch: int) -> torch.Tensor:
-    """eq. 1's masks: every second patch in every second row of the patch grid, [M, P] one-hot.
+def cell_offset(length: int, patch: int) -> int:
+    """Where eq. 1's grid starts along an axis of ``length`` px: the offset o in (-2 * patch, 0] of the
+    first masked cell (cells of ``patch`` px at o + 2k * patch, clipped to the image) whose masked
+    share of the axis is closest to 1/2; among those, the one whose smallest (clipped) masked cell is
+    largest (no slivers at the border), then the one whose two border margins are most alike, then
+    the largest o. Our choice: the paper says only that about a quarter of the image is masked,
+    which a grid from the corner misses where ``length`` is no multiple of ``patch``."""
+    offsets = torch.arange(0, -2 * patch, -1)  # [O]
+    cells = (torch.arange(length)[None, :] - offsets[:, None]) // patch  # [O, L]: each pixel's cell
+    sizes = torch.zeros(len(offsets), length // patch + 3, dtype=torch.long).scatter_add_(
+        1, cells, torch.ones_like(cells))  # [O, n] pixels of each cell in the image
+    masked_sizes = sizes[:, ::2]  # every second cell, the first masked
+    off_share = (2 * masked_sizes.sum(1) - length).abs()  # |masked - length / 2|, times 2
+    smallest = torch.where(masked_sizes > 0, masked_sizes, length + 1).min(1).values
+    masked = cells % 2 == 0  # [O, L]
+    first = masked.long().argmax(1)
+    last_gap = masked.flip(1).long().argmax(1)
+    keys = np.lexsort(((first - last_gap).abs().numpy(), -smallest.numpy(), off_share.numpy()))
+    return int(offsets[keys[0]])
 
-    Masked patches are ``patch`` px apart horizontally and vertically (about a quarter of the image).
-    """
-    rows, cols = grid_shape(height, width, patch)
-    grid = torch.zeros(rows, cols, dtype=torch.bool)
-    grid[::2, ::2] = True
-    chosen = grid.flatten().nonzero()[:, 0]
-    return F.one_hot(chosen, rows * cols).bool()
+
+def _axis_cells(length: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of eq. 1's grid: each pixel's cell [L] (cells of ``patch`` px from
+    :func:`cell_offset`, numbered from 0 at the first cell with a pixel in the image, partial cells at
+    the borders included) and whether each cell is masked [n] (every second cell of the grid)."""
+    cell = (torch.arange(length) - cell_offset(length, patch)) // patch
+    first, last = int(cell[0]), int(cell[-1])  # a grid cell wholly outside the image is no cell here
+    return cell - first, torch.arange(first, last + 1) % 2 == 0
+
+
+def separated_masks(height: int, width: int, patch: int) -> torch.Tensor:
+    """eq. 1's masks: every second cell in every second row of a grid of ``patch`` px cells that covers
+    the image, one pixel mask per masked cell, [M, H, W] bool.
+
+    The grid is placed per axis by :func:`cell_offset` so that about half of each axis, a quarter of the
+    image, is masked at every size (:func:`masked_share`); cells cut by the border are kept, clipped
+    to the image. Masked cells are ``patch`` px apart horizontally and vertically."""
+    row_cell, row_masked = _axis_cells(height, patch)
+    col_cell, col_masked = _axis_cells(width, patch)
+    rows = row_masked.nonzero()[:, 0]  # the masked cells' numbers
+    cols = col_masked.nonzero()[:, 0]
+    in_row = row_cell[None, :] == rows[:, None]  # [Mr, H]
+    in_col = col_cell[None, :] == cols[:, None]  # [Mc, W]
+    masks = in_row[:, None, :, None] & in_col[None, :, None, :]  # [Mr, Mc, H, W]
+    return masks.reshape(-1, height, width)
+
+
+def masked_share(height: int, width: int, patch: int) -> float:
+    """The share of the image's pixels that eq. 1's masks cover together (about 1/4)."""
+    return float(separated_masks(height, width, patch).any(0).double().mean())
+
+
+def cell_fill_values(images: torch.Tensor, patch: int, fill: str = "dc") -> torch.Tensor:
+    """What a masked pixel of eq. 1's grid becomes, for every pixel: [B, C, H, W]. 'dc': the
+    per-channel mean of the pixel's cell (its DC component; a cell cut by the border: the mean of its
+    pixels inside the image); 'zero' and 'blur' as :func:`fill_values`."""
+    if fill != "dc":
+        return fill_values(images, patch, fill)
+    height, width = images.shape[-2:]
+    rows = F.one_hot(_axis_cells(height, patch)[0]).to(images)  # [H, R]: the cell of each row
+    cols = F.one_hot(_axis_cells(width, patch)[0]).to(images)  # [W, K]
+    sums = torch.einsum("hr,bchw,wk->bcrk", rows, images, cols)
+    counts = rows.sum(0)[:, None] * cols.sum(0)[None, :]  # [R, K] pixels per cell
+    return torch.einsum("hr,bcrk,wk->bchw", rows, sums / counts, cols)
 
 
 @torch.inference_mode()
@@ -187,20 +244,20 @@ def interaction_terms(model, images: torch.Tensor, classes: torch.Tensor, patch:
                       chunk_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """eq. 1 for every image: LHS = l(x) - l(x + sum_i delta_i), RHS = sum_i (l(x) - l(x + delta_i)).
 
-    l is the logit of ``classes`` [B]; delta_i replaces mask i (:func:`separated_masks`) with its fill.
-    Per image 2 + M inputs (clean, all masks, each mask alone), evaluated in chunks. Returns
-    (lhs [B], rhs [B]) in float64 (sums of many logit differences).
+    l is the logit of ``classes`` [B]; delta_i replaces mask i (:func:`separated_masks`) with its fill
+    (:func:`cell_fill_values`). Per image 2 + M inputs (clean, all masks, each mask alone), evaluated
+    in chunks. Returns (lhs [B], rhs [B]) in float64 (sums of many logit differences).
     """
     batch, _, height, width = images.shape
-    single = separated_masks(height, width, patch).to(images.device)  # [M, P]
-    variants = torch.cat([torch.zeros_like(single[:1]), single.any(0, keepdim=True), single])  # [2 + M, P]
-    fills = fill_values(images, patch, fill)
+    single = separated_masks(height, width, patch).to(images.device)  # [M, H, W]
+    variants = torch.cat([torch.zeros_like(single[:1]), single.any(0, keepdim=True), single])  # [2 + M, H, W]
+    fills = cell_fill_values(images, patch, fill)
     pairs = torch.cartesian_prod(torch.arange(batch, device=images.device),
                                  torch.arange(len(variants), device=images.device))
     logits = torch.empty(len(pairs), dtype=torch.float64, device=images.device)
     for start in range(0, len(pairs), chunk_size):
         image_index, variant = pairs[start:start + chunk_size].unbind(1)
-        pixels = patch_masks_to_pixels(variants[variant], height, width, patch)
+        pixels = variants[variant][:, None]  # [n, 1, H, W]
         inputs = torch.where(pixels, fills[image_index], images[image_index])
         logits[start:start + chunk_size] = model(inputs).double().gather(1, classes[image_index, None])[:, 0]
     logits = logits.reshape(batch, len(variants))

@@ -107,6 +107,16 @@ def images_to_resolve(difference: float, spread: float, level: float = 0.95) -> 
     return int(np.ceil((z * spread / abs(difference)) ** 2))
 
 
+def _pearson_difference(x_a, y_a, x_b, y_b, axis=-1):
+    return _pearson(x_a, y_a, axis) - _pearson(x_b, y_b, axis)
+
+
+def pearson_difference_interval(x_a, y_a, x_b, y_b, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of r(x_a, y_a) - r(x_b, y_b), two Pearson rs on the same images (paired: a
+    resample draws image i's four values together). Arrays [N], one entry per image."""
+    return bootstrap_interval(_pearson_difference, x_a, y_a, x_b, y_b, level=level)
+
+
 def resolution(low: float, high: float, reference: float = 0.0) -> str:
     """Whether an interval (of a difference, say) resolves its sign against ``reference``:
     'above' / 'below' when it excludes the reference, 'not resolved' when it holds it, '' for NaN."""

@@ -96,7 +96,8 @@ SCRAMBLED_4X4_REPORT = Sourced(REPRO_REPORT, {name: (test, scrambled) for name, 
 #: Appendix A.1 (Fig. A.4): the best binarisation threshold stays within 3-4 % top-5 of the unmodified BagNet-33
 THRESHOLDING_BINARISE_GAP_TOP5 = Sourced(f"{PAPER}, Appendix A.1 (Fig. A.4)", {"low": 3.0, "high": 4.0})
 
-#: the paper's two claims on interactions (Fig. 6C and Sec. 5), in its words: qualitative, no number
+#: the paper's two claims on interactions (Fig. 6C and Sec. 5; the first paraphrased, the second quoted):
+#: qualitative, no number (the report's thresholds for them are ours, bagrepro.harness.contrasts)
 INTERACTION_CLAIMS = Sourced(f"{PAPER}, Fig. 6C / Sec. 5", {
     "vgg16_beyond_30px": "VGG-16 shows few interactions between image parts more than about 30 px apart",
     "deeper_more": "Deeper networks ... exhibit stronger nonlinear interactions",

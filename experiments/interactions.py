@@ -2,15 +2,19 @@
 
 For separated masks delta_i, a bag-of-local-features model satisfies
 ``l(x) - l(x + sum_i delta_i) = sum_i (l(x) - l(x + delta_i))`` exactly when the masks are more than
-q px apart. Protocol (paper.md section 3 item 8): split the image into non-overlapping s x s patches,
-mask every second patch in every second row (masked patches are s px apart) with its DC component;
-LHS: all masks at once, RHS: the sum over single masks, for the leading class's logit. The Pearson r
-of LHS against RHS across images, per model and patch size, measures interactions (1 = none).
+q px apart. The paper's protocol: split the image into s x s patches and replace every second patch
+in every second row with its DC component, "always around 1/4 of the image" masked; LHS: all masks at
+once, RHS: the sum over single masks, for the leading class's logit. Here the grid covers the whole
+image (:func:`bagrepro.masking.separated_masks`): it is placed per axis so that about half of each
+axis is masked, cells cut by the border are kept, clipped, and a clipped cell's DC component is the
+mean of its pixels inside the image; masked cells are s px apart, the x axis of Fig. 6C. The
+Pearson r of LHS against RHS across images, per model and distance, measures interactions (1 = none).
 
-Writes ``results/interactions/terms.csv`` (model, role, image_id, patch_size, min_distance,
-n_masks, leading_class, lhs, rhs) and ``correlation.csv`` (Pearson r per model and patch size, with
-its 95 % paired bootstrap interval over images, ``pearson_r_low/high``).
-Forward passes per image and model: sum over sizes of (2 + number of masks).
+Writes ``results/interactions/terms.csv`` (model, role, receptive_field, image_id, patch_size,
+min_distance, n_masks, masked_share, leading_class, lhs, rhs) and ``correlation.csv`` (Pearson r per
+model and patch size, with its 95 % paired bootstrap interval over images, ``pearson_r_low/high``,
+and the share of the image the masks cover, ``masked_share``).
+Forward passes per image and model: 1 + the sum over sizes of (2 + number of masks).
 """
 
 from __future__ import annotations
@@ -24,25 +28,29 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from bagrepro.masking import interaction_terms, separated_masks
+from bagrepro.masking import interaction_terms, masked_share, separated_masks
 from bagrepro.metrics import pearson_interval
 from bagrepro.plan import Work
 from bagrepro.plotting import new_figure, save_figure
 from bagrepro.report import comparison
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
+from bagrepro.settings import mechanics_setting, our_setting, paper_setting
 
 
 @dataclass(frozen=True)
 class Settings:
-    """patch_sizes: mask sides s in px (paper: 8 to 64, the distance between masks); num_images:
-    images per model; fill: what a masked patch becomes ('dc': its mean colour, as in the paper);
-    chunk_size: inputs per forward pass (memory, not results)."""
+    """patch_sizes: mask sides s in px, the distance between masked cells; num_images: images per
+    model; fill: what a masked cell becomes ('dc': its mean colour); chunk_size: inputs per forward
+    pass."""
 
-    patch_sizes: tuple[int, ...] = (8, 16, 24, 32, 40, 48, 56, 64)
-    num_images: int = 250
-    fill: Literal["dc", "zero", "blur"] = "dc"
-    chunk_size: int = 64
+    patch_sizes: tuple[int, ...] = our_setting((8, 16, 24, 32, 40, 48, 56, 64),
+                                               "the paper lists no sizes; its Fig. 6C spans distances of about "
+                                               "10-70 px")
+    num_images: int = our_setting(250, "the paper gives no image count")
+    fill: Literal["dc", "zero", "blur"] = paper_setting("dc", "Fig. 6", "each masked patch is replaced by its DC "
+                                                                        "component")
+    chunk_size: int = mechanics_setting(64)
 
 
 def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
@@ -58,11 +66,12 @@ def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
             leading = model(inputs).argmax(1)
         for size in settings.patch_sizes:
             n_masks = len(separated_masks(*inputs.shape[-2:], size))
+            share = masked_share(*inputs.shape[-2:], size)
             if n_masks < 2:
                 continue  # one mask: both sides are the same number, nothing is tested
             lhs, rhs = interaction_terms(model, inputs, leading, size, settings.fill, settings.chunk_size)
             frames.append(pd.DataFrame({
-                "image_id": ids, "patch_size": size, "min_distance": size, "n_masks": n_masks,
+                "image_id": ids, "patch_size": size, "min_distance": size, "n_masks": n_masks, "masked_share": share,
                 "leading_class": leading.cpu().numpy(), "lhs": lhs.cpu().numpy(), "rhs": rhs.cpu().numpy(),
             }))
     return pd.concat(frames, ignore_index=True)
@@ -70,7 +79,7 @@ def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
 
 def correlations(terms: pd.DataFrame) -> pd.DataFrame:
     """Pearson r of LHS against RHS per (model, patch size), the largest |LHS - RHS| and |term|,
-    and the r's 95 % interval (``pearson_r_low/high``: percentile bootstrap over images, each
+    the masked share, and the r's 95 % interval (``pearson_r_low/high``: percentile bootstrap over images, each
     resample drawing whole images, i.e. (LHS, RHS) pairs; NaN with fewer than three images)."""
     rows = []
     for (model, role, size), group in terms.groupby(["model", "role", "patch_size"], dropna=False, sort=False):
@@ -81,7 +90,8 @@ def correlations(terms: pd.DataFrame) -> pd.DataFrame:
         rows.append({"model": model, "role": role, "patch_size": size, "min_distance": group["min_distance"].iloc[0],
                      "n_images": len(group), "pearson_r": r,
                      "max_abs_difference": float(np.abs(group["lhs"] - group["rhs"]).max()),
-                     "max_abs_term": float(scale), "pearson_r_low": low, "pearson_r_high": high})
+                     "max_abs_term": float(scale), "pearson_r_low": low, "pearson_r_high": high,
+                     "masked_share": group["masked_share"].iloc[0] if "masked_share" in group else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -165,6 +175,13 @@ def plan(ctx: RunContext) -> list:
 
 EXPERIMENT = Experiment(
     name="interactions", title="non-linear interactions between image parts (eq. 1)", paper_ref="Fig. 6",
+    open_choices=(
+        "The grid covers the whole image: per axis it starts where about half of the axis is masked (a quarter of "
+        "the image), cells cut by the border are kept, clipped, and a clipped cell's DC component is the mean of "
+        "its pixels in the image (ours: the paper says 'always around 1/4 of the image is masked').",
+        "l is the logit of the class the model predicts on the clean image, and r is the Pearson correlation of "
+        "LHS and RHS across images, per model and distance (our reading).",
+    ),
     run=run, plan=plan, make_figures=make_figures, report_table=report_table, settings=Settings, shardable=True,
     question="Does masking several separated parts change the logit by the sum of the single-part changes?",
 )
