@@ -96,12 +96,12 @@ SCRAMBLED_4X4_REPORT = Sourced(REPRO_REPORT, {name: (test, scrambled) for name, 
 #: Appendix A.1 (Fig. A.4): the best binarisation threshold stays within 3-4 % top-5 of the unmodified BagNet-33
 THRESHOLDING_BINARISE_GAP_TOP5 = Sourced(f"{PAPER}, Appendix A.1 (Fig. A.4)", {"low": 3.0, "high": 4.0})
 
-#: the paper's two claims on interactions (Fig. 6C and Sec. 5; the first paraphrased, the second quoted):
-#: qualitative, no number (the report's thresholds for them are ours, bagrepro.harness.contrasts)
-INTERACTION_CLAIMS = Sourced(f"{PAPER}, Fig. 6C / Sec. 5", {
-    "vgg16_beyond_30px": "VGG-16 shows few interactions between image parts more than about 30 px apart",
-    "deeper_more": "Deeper networks ... exhibit stronger nonlinear interactions",
-})
+#: the paper's two claims on interactions: qualitative, no number (the report's thresholds for them are
+#: ours: bagrepro.contrasts). The first is paraphrased from Fig. 6C, the second quotes Sec. 5
+FIG6C_VGG16_CLAIM = Sourced(f"{PAPER}, Fig. 6C", {
+    "text": "VGG-16 shows few interactions between image parts more than about 30 px apart"})
+SEC5_DEPTH_CLAIM = Sourced(f"{PAPER}, Sec. 5 (Fig. 6C)", {
+    "text": "Deeper networks ... exhibit stronger nonlinear interactions"})
 
 #: Fig. 3: the classes whose most informative patches the paper shows, in its order (ImageNet synset -> name)
 FIG3_CLASSES = Sourced(f"{PAPER}, Fig. 3", {"n07248320": "book jacket", "n04505470": "typewriter keyboard",

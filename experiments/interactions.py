@@ -40,9 +40,11 @@ from bagrepro.settings import mechanics_setting, our_setting, paper_setting
 
 @dataclass(frozen=True)
 class Settings:
-    """patch_sizes: mask sides s in px, the distance between masked cells; num_images: images per
-    model; fill: what a masked cell becomes ('dc': its mean colour); chunk_size: inputs per forward
-    pass."""
+    """patch_sizes: mask sides s in px, also the distance between masked cells (Fig. 6C's x axis);
+    the default 8, 16, ..., 64 is our choice: the paper lists no sizes, its figure's axis spans
+    distances of about 10-70 px. num_images: images per model, our choice (the paper gives no count).
+    fill: what a masked cell becomes; 'dc' (its per-channel mean colour) is the paper's, eq. 1's
+    protocol. chunk_size: inputs per forward pass (memory only)."""
 
     patch_sizes: tuple[int, ...] = our_setting((8, 16, 24, 32, 40, 48, 56, 64),
                                                "the paper lists no sizes; its Fig. 6C spans distances of about "
@@ -90,8 +92,9 @@ def correlations(terms: pd.DataFrame) -> pd.DataFrame:
         rows.append({"model": model, "role": role, "patch_size": size, "min_distance": group["min_distance"].iloc[0],
                      "n_images": len(group), "pearson_r": r,
                      "max_abs_difference": float(np.abs(group["lhs"] - group["rhs"]).max()),
-                     "max_abs_term": float(scale), "pearson_r_low": low, "pearson_r_high": high,
-                     "masked_share": group["masked_share"].iloc[0] if "masked_share" in group else np.nan})
+                     "max_abs_term": float(scale),
+                     "masked_share": group["masked_share"].iloc[0] if "masked_share" in group else np.nan,
+                     "pearson_r_low": low, "pearson_r_high": high})
     return pd.DataFrame(rows)
 
 

@@ -31,7 +31,7 @@ from bagrepro.plotting import draw_heatmap, new_figure, save_figure
 from bagrepro.predictions import clean_predictions, clean_work
 from bagrepro.results import read_csv
 from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import paper_setting
+from bagrepro.settings import our_setting
 
 TOP_PATCHES = 3
 
@@ -40,7 +40,7 @@ TOP_PATCHES = 3
 class Settings:
     """num_images: images shown, a seeded choice among those both models get wrong."""
 
-    num_images: int = paper_setting(4, "Fig. 4", "the figure shows 4 images; which ones is our seeded choice")
+    num_images: int = our_setting(4, "rows of Fig. 4, a seeded choice among the images both models get wrong")
 
 
 def run(ctx: RunContext) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bagrepro import contrasts
+from bagrepro import contrasts, metrics, paper
 from bagrepro.contrasts import AGREES, DISAGREES, NOT_MEASURABLE, NOT_RESOLVED
 from bagrepro.masking import cell_fill_values, interaction_terms, masked_share, separated_masks
 from bagrepro.models.bagnet import randomise_batchnorm, reduced_bagnet
@@ -119,3 +119,40 @@ def test_interactions_growing_with_depth_follow_the_csv(tmp_path):
     assert contrasts.deeper_networks_interact_more(results).verdict == DISAGREES
     write(tmp_path, "terms.csv", terms({"vgg16": 0.5, "resnet50": 0.5}, n=20))
     assert contrasts.deeper_networks_interact_more(results).verdict == NOT_RESOLVED
+
+
+def test_the_dc_of_a_hand_made_clipped_cell():
+    # 6 x 9 px, cells of 4 px: per axis the grid is placed so that half of it is masked; here the one
+    # masked cell is rows 0-2 (cut by the top border: 3 of its 4 rows) and columns 3-6
+    plane = torch.arange(54, dtype=torch.float64).reshape(6, 9)
+    images = torch.stack([plane, -plane])[None]  # [1, 2, 6, 9]
+    masks = separated_masks(6, 9, 4)
+    expected = torch.zeros(6, 9, dtype=torch.bool)
+    expected[0:3, 3:7] = True
+    assert masks.shape == (1, 6, 9) and torch.equal(masks[0], expected)
+    fills = cell_fill_values(images, 4)
+    # (3 + 4 + 5 + 6 + 12 + ... + 24) / 12 = 13.5, per channel
+    assert torch.equal(fills[0, :, 0:3, 3:7], torch.tensor([13.5, -13.5], dtype=torch.float64)[:, None, None]
+                       .expand(2, 3, 4))
+    assert torch.equal(fills[0, 0, 0:3, 0:3], torch.full((3, 3), 10.0, dtype=torch.float64))  # the corner cell
+
+
+def test_a_paired_difference_of_pearson_rs():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    y = x + 0.3 * rng.normal(size=200)  # r = 1 / sqrt(1.09) = 0.958 in the population
+    z = x + 1.5 * rng.normal(size=200)  # r = 1 / sqrt(3.25) = 0.555
+    assert metrics.pearson_difference_interval(x, y, x, y) == (0.0, 0.0)  # the same images, the same r
+    low, high = metrics.pearson_difference_interval(x, y, x, z)
+    assert 0 < low < 0.958 - 0.555 < high < 1
+    assert low < np.corrcoef(x, y)[0, 1] - np.corrcoef(x, z)[0, 1] < high
+    assert np.isnan(metrics.pearson_difference_interval(x[:1], y[:1], x[:1], z[:1])).all()  # too few images
+
+
+def test_a_stand_in_shared_by_two_roles_is_compared_once(tmp_path):
+    frame = terms({"vgg16": 0.1, "resnet50": 0.6})
+    shared = frame[frame["role"] == "resnet50"].assign(role="resnet152")  # resnet152 stood in by the same model
+    write(tmp_path, "terms.csv", pd.concat([frame, shared], ignore_index=True))
+    found = contrasts.deeper_networks_interact_more(tmp_path / "results")
+    assert found.verdict == AGREES and "vgg16 - resnet50" in found.ours and "resnet152" not in found.ours
+    assert found.paper == paper.SEC5_DEPTH_CLAIM["text"] and found.reference_source == paper.SEC5_DEPTH_CLAIM.source

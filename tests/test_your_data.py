@@ -103,7 +103,7 @@ def test_roles_without_a_model_are_skipped_with_a_line(your_data, tmp_path, caps
     assert "[masking] skipped" in said
     assert any((tmp_path / "results" / "thresholding").glob("*.csv"))
     assert not (tmp_path / "results" / "logit_correlation").exists()
-    assert "[scrambling] no model of this run stands in for the paper's 'vgg16': left out" in said
+    assert "[scrambling] no VGG stands in for VGG-19 or VGG-16: no textures, tiles only" in said
     scrambled = pd.read_csv(tmp_path / "results" / "scrambling" / "table.csv")
     assert set(scrambled["method"]) == {"tiles"} and len(set(scrambled["model"])) == 3
 
