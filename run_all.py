@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import bagrepro.demo  # noqa: F401  (the demo plugin registers its profile; torch-free)
-from bagrepro.errors import BagreproError
-from bagrepro.profiles import PROFILES
+from bagrepro.core.errors import BagreproError
+from bagrepro.harness.profiles import PROFILES
 
 REPO_ROOT = Path(__file__).resolve().parent
 #: the embedded default: offline, a generated world and a demo zoo trained on it
@@ -114,9 +114,9 @@ def batch_size_argument(text: str) -> int | str:
 def list_settings(experiment_names: list[str], profile_name: str) -> None:
     """Each named experiment's settings: field, type, the value on the profile (with the default where
     the profile changes it), and whose the default is (the paper's, with where; ours, with why)."""
-    from bagrepro.profiles import get_profile
-    from bagrepro.runner import experiment_settings, select_experiments
-    from bagrepro.settings import describe
+    from bagrepro.harness.profiles import get_profile
+    from bagrepro.harness.registry import experiment_settings, select_experiments
+    from bagrepro.core.settings import describe
 
     profile = get_profile(profile_name)
     for experiment in select_experiments(experiment_names):
@@ -133,9 +133,9 @@ def list_settings(experiment_names: list[str], profile_name: str) -> None:
 
 def list_recipe(pairs: list[str] | None) -> None:
     """The training recipe of --train: field, type, value (with --recipe's changes) and the default."""
-    from bagrepro.recipe import FINETUNE_RECIPE
-    from bagrepro.settings import describe
-    from bagrepro.tuning import FINETUNE_ZOO, parse_recipe
+    from bagrepro.core.recipe import FINETUNE_RECIPE
+    from bagrepro.core.settings import describe
+    from bagrepro.harness.tuning import FINETUNE_ZOO, parse_recipe
 
     print("training recipe of --profile custom --data DIR --train (change with --recipe KEY=VALUE):")
     for field, kind, _, value, _ in describe(parse_recipe(pairs)):
@@ -147,8 +147,8 @@ def list_recipe(pairs: list[str] | None) -> None:
 
 def list_everything(recipe_pairs: list[str] | None = None) -> None:
     from bagrepro.models import get_spec, list_models
-    from bagrepro.profiles import activate
-    from bagrepro.runner import discover_experiments
+    from bagrepro.harness.profiles import activate
+    from bagrepro.harness.registry import discover_experiments
 
     for profile in PROFILES.values():
         activate(profile)  # plugins register their models
@@ -171,9 +171,9 @@ def list_everything(recipe_pairs: list[str] | None = None) -> None:
 
 def protocol_text() -> str:
     """docs/protocol.md as the code has it (every registered experiment, the built-in and demo profiles)."""
-    from bagrepro.profiles import PROFILES
-    from bagrepro.report import protocol_markdown
-    from bagrepro.runner import discover_experiments
+    from bagrepro.harness.profiles import PROFILES
+    from bagrepro.harness.report import protocol_markdown
+    from bagrepro.harness.registry import discover_experiments
 
     return protocol_markdown(discover_experiments().values(), list(PROFILES.values()))
 
@@ -182,7 +182,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         from bagrepro.models import register_models_from_file
-        from bagrepro.runner import RunOptions, run_stages
+        from bagrepro.harness.sources import RunOptions
+        from bagrepro.harness.stages import run_stages
 
         for path in args.register_models:
             print(f"registered {', '.join(register_models_from_file(path))} from {path}")
@@ -196,14 +197,14 @@ def main(argv=None) -> int:
                 list_everything(args.recipe)
             return 0
         options = RunOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)})
-        from bagrepro import distributed
+        from bagrepro.harness import distributed
 
         if options.check_data:
-            from bagrepro.runner import check_data
+            from bagrepro.harness.sources import check_data
 
             return check_data(options) if distributed.is_main() else 0  # under torchrun, rank 0 checks
         if options.plan:
-            from bagrepro.runner import plan_run
+            from bagrepro.harness.stages import plan_run
 
             if distributed.is_main():  # under torchrun, rank 0 plans (per process)
                 plan_run(options)

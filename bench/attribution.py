@@ -1,4 +1,4 @@
-"""Time per image of each white-box attribution method (bagrepro.attribution); informational.
+"""Time per image of each white-box attribution method (bagrepro.methods.attribution); informational.
 
 Cases: the smoke ResNet-50 stand-in at 64 px, batch 8, and torchvision's VGG-16 (1000 classes, random
 weights) at 224 px, batch 2 (skipped with --quick). Integrated Gradients uses --ig-steps (100, as in
@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from bagrepro.attribution import METHODS, attribute, get_attribution  # noqa: E402
+from bagrepro.methods.attribution import METHODS, attribute, get_attribution  # noqa: E402
 from bagrepro.models import create_model  # noqa: E402
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bagrepro.training import read_record  # noqa: E402
+from bagrepro.methods.training import read_record  # noqa: E402
 from bagrepro.demo.render import save_example_grid  # noqa: E402
 from bagrepro.demo.spec import WorldConfig  # noqa: E402
 from bagrepro.demo.store import make_world  # noqa: E402

@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bagrepro.heatmaps import dense_heatmaps  # noqa: E402
+from bagrepro.methods.heatmaps import dense_heatmaps  # noqa: E402
 from bagrepro.models.bagnet import BagNet, bagnet, randomise_batchnorm  # noqa: E402
 from bagrepro.models.fast import fuse_bagnet  # noqa: E402
 

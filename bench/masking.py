@@ -6,10 +6,10 @@ per-channel mean of the patch) for full-size torchvision VGG-16, ResNet-50 and D
 (random weights, BatchNorm calibrated by ``randomise_batchnorm``; no downloads), on the same images,
 ranks and leading classes per model, three ways:
 
-- incremental (ours, new): :func:`bagrepro.masking.incremental_masking_curves`, which keeps every
+- incremental (ours, new): :func:`bagrepro.methods.masking.incremental_masking_curves`, which keeps every
   image's activations and recomputes per step only the window the newly masked patch reaches
-  (:class:`bagrepro.incremental.IncrementalModel`);
-- engine (ours, current): :func:`bagrepro.masking.batched_masking_curves`, every (image, k) pair a
+  (:class:`bagrepro.methods.incremental.IncrementalModel`);
+- engine (ours, current): :func:`bagrepro.methods.masking.batched_masking_curves`, every (image, k) pair a
   full forward pass, in chunks of ``--chunk`` inputs;
 - Quantus 0.6 ``RegionPerturbation`` doing the same work (an optional dependency: without it, that
   ratio is skipped with one line saying why). Set up from its source: patch_size=8 and no padding
@@ -75,8 +75,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bagrepro.incremental import IncrementalModel  # noqa: E402
-from bagrepro.masking import (batched_masking_curves, grid_positions, grid_shape,  # noqa: E402
+from bagrepro.methods.incremental import IncrementalModel  # noqa: E402
+from bagrepro.methods.masking import (batched_masking_curves, grid_positions, grid_shape,  # noqa: E402
                               incremental_masking_curves, patch_scores, ranks_from_scores)
 from bagrepro.models import create_model  # noqa: E402
 from bagrepro.models.bagnet import randomise_batchnorm  # noqa: E402
@@ -143,7 +143,7 @@ def dc_replacement_by_indices(arr: np.ndarray, indices: np.ndarray, perturb_base
     patch's flat indices as Quantus' ``get_block_indices`` yields them (a [C, patch, patch] block in
     C-major, row-major order, so they reshape to [B, C, patch, patch]). Patches never overlap and each
     is masked once, so the patch still holds its clean values here. The mean is torch's 8x8
-    ``avg_pool2d``, as in :func:`bagrepro.masking.fill_values`, so the fill values are bitwise ours
+    ``avg_pool2d``, as in :func:`bagrepro.methods.masking.fill_values`, so the fill values are bitwise ours
     (NumPy's float32 mean differs by an ulp, which the networks amplify to ~1e-5 in probability).
     Returns a new [B, C*H*W] array.
     """

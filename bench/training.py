@@ -3,7 +3,7 @@
     python bench/training.py                                   # the fine-tune zoo at 224 px
     python bench/training.py --image-size 48 --models smoke_bagnet9 smoke_resnet50 ...
 
-Each model is trained by :func:`bagrepro.training.fit` (the loop ``run_all.py --train`` uses:
+Each model is trained by :func:`bagrepro.methods.training.fit` (the loop ``run_all.py --train`` uses:
 channels-last, deterministic algorithms, SGD, random crops of images resized to image_size / 0.875,
 flips) for one epoch over ``--images`` random images with BatchNorm recalibration off, from random
 weights (fine-tuning costs the same per step: only the start differs). The first step is timed
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bagrepro.models import get_spec  # noqa: E402
-from bagrepro.recipe import FINETUNE_RECIPE, resized_side  # noqa: E402
-from bagrepro.training import TrainingImages, fit  # noqa: E402
-from bagrepro.tuning import FINETUNE_ZOO  # noqa: E402
+from bagrepro.core.recipe import FINETUNE_RECIPE, resized_side  # noqa: E402
+from bagrepro.methods.training import TrainingImages, fit  # noqa: E402
+from bagrepro.harness.tuning import FINETUNE_ZOO  # noqa: E402
 
 SCENE15_TRAIN_IMAGES = 1200
 

@@ -1,1 +1,1 @@
-"""One module per experiment of the paper; each defines ``EXPERIMENT`` (see bagrepro.runner)."""
+"""One module per experiment of the paper; each defines ``EXPERIMENT`` (see bagrepro.harness.registry)."""

@@ -16,8 +16,8 @@ Writes ``results/accuracy/``:
 
 The intervals count the correct images (expected hits under random tie-breaking can be fractional:
 their sum is rounded to a whole number of images) out of ``n_images``
-(:func:`bagrepro.metrics.with_accuracy_intervals`; figures draw them with
-:func:`bagrepro.plotting.error_bars`).
+(:func:`bagrepro.core.metrics.with_accuracy_intervals`; figures draw them with
+:func:`bagrepro.harness.plotting.error_bars`).
 """
 
 from __future__ import annotations
@@ -27,20 +27,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bagrepro import paper
+from bagrepro.core import paper
 from bagrepro.data.synsets import display_name
-from bagrepro.metrics import with_accuracy_intervals
-from bagrepro.plotting import (
+from bagrepro.core.metrics import with_accuracy_intervals
+from bagrepro.harness.plotting import (
     OURS_COLOUR,
     PAPER_COLOUR,
     error_bars,
     new_figure,
     save_figure,
 )
-from bagrepro.predictions import clean_predictions, clean_work
-from bagrepro.report import comparison
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
+from bagrepro.harness.predictions import clean_predictions, clean_work
+from bagrepro.harness.report import comparison
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
 
 METRICS = ("top1", "top5")
 
@@ -97,7 +98,7 @@ def run(ctx: RunContext) -> None:
     images = ctx.images()
     predictions = clean_predictions(ctx, ctx.model_names)
     meta = {"classes": len(images.classes), "inference": "BagNets fused (BatchNorm folded)",
-            "accuracy_metric": ctx.profile.accuracy_metric}  # what the contrasts compare (bagrepro.contrasts)
+            "accuracy_metric": ctx.profile.accuracy_metric}  # what the contrasts compare (bagrepro.harness.contrasts)
     ctx.write_csv(with_class_names(predictions, images.classes, "true_class_name"), "predictions.csv", **meta)
     ctx.write_csv(summarize(predictions), "summary.csv", **meta)
     ctx.write_csv(with_accuracy_intervals(with_class_names(per_class(predictions), images.classes, "class_name")),

@@ -2,10 +2,10 @@
 "can serve as diagnostic tools to benchmark feature attribution techniques since ground-truth
 attributions are directly available").
 
-Every attribution method of the registry (:mod:`bagrepro.attribution`: the paper's four and captum's
+Every attribution method of the registry (:mod:`bagrepro.methods.attribution`: the paper's four and captum's
 other image methods) runs on every model of the run for the class the model predicts, one map per
 (model, method, image), plus a random map as the floor. Two parts score the maps
-(:mod:`bagrepro.ground_truth` defines each score):
+(:mod:`bagrepro.methods.ground_truth` defines each score):
 
 - **Part A, exact truth (BagNets).** On each BagNet, the method's map of that BagNet, pooled onto
   its patch grid, against its exact patch logits: Spearman rank correlation, overlap of the top 10 %
@@ -29,7 +29,7 @@ Units: one per (model, method), resumable and dealt to the ranks under torchrun.
 and unit: the method's own passes (the registry's cost), on a BagNet its exact patch logits (1
 forward) and once per unit an all-zero window (1 forward); a black-box map is one dense heatmap of its
 BagNet. The predicted class of every image is the shared clean prediction
-(:func:`bagrepro.predictions.clean_predictions`, as the accuracy experiment writes it), computed once
+(:func:`bagrepro.harness.predictions.clean_predictions`, as the accuracy experiment writes it), computed once
 per model and run, not once per unit.
 
 An extension beyond the paper's figures: it runs when named (``--experiment attribution_truth``) or
@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import attribution
-from bagrepro.errors import ConfigError, MissingRoleError
-from bagrepro.ground_truth import (
+from bagrepro.methods import attribution
+from bagrepro.core.errors import ConfigError, MissingRoleError
+from bagrepro.methods.ground_truth import (
     PART_A_METRICS,
     PART_B_METRICS,
     TOP_FRACTION,
@@ -60,17 +60,18 @@ from bagrepro.ground_truth import (
     spearman_rows,
     top_fraction_overlap,
 )
-from bagrepro.heatmap_cache import cached_heatmaps
-from bagrepro.heatmaps import patch_logits
-from bagrepro.metrics import mean_interval, resolution
+from bagrepro.methods.heatmap_cache import cached_heatmaps
+from bagrepro.methods.heatmaps import patch_logits
+from bagrepro.core.metrics import mean_interval, resolution
 from bagrepro.models import get_spec
-from bagrepro.plan import Work
-from bagrepro.plotting import draw_heatmap, error_bars, new_figure, save_figure
-from bagrepro.predictions import clean_predictions, clean_work
-from bagrepro.profiles import BAGNET_ROLES
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import mechanics_setting, our_setting
+from bagrepro.harness.plan import Work
+from bagrepro.harness.plotting import draw_heatmap, error_bars, new_figure, save_figure
+from bagrepro.harness.predictions import clean_predictions, clean_work
+from bagrepro.harness.profiles import BAGNET_ROLES
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import mechanics_setting, our_setting
 
 RANDOM = "random"
 HIGHER_IS_BETTER = {**PART_A_METRICS, **PART_B_METRICS}

@@ -23,17 +23,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bagrepro.metrics import (
+from bagrepro.core.metrics import (
     bootstrap_interval,
     error_consistency,
     exact_intervals,
     pearson_interval,
 )
-from bagrepro.plotting import new_figure, save_figure
-from bagrepro.predictions import clean_predictions, clean_work
-from bagrepro.report import comparison
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
+from bagrepro.harness.plotting import new_figure, save_figure
+from bagrepro.harness.predictions import clean_predictions, clean_work
+from bagrepro.harness.report import comparison
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
 
 PAIRS = (("bagnet33", "vgg16"), ("bagnet33", "resnet50"), ("bagnet33", "resnet152"),
          ("bagnet33", "densenet169"), ("vgg11", "vgg16"))

@@ -3,7 +3,7 @@
 Fig. 2: for N seeded random images, the exact stride-1 heatmap of each BagNet's predicted class
 (value at a pixel = logit of the q x q patch centred there), drawn as the released plot does.
 Fig. A.2: for the same images, VGG-16's white-box heatmaps (Saliency, Integrated Gradients, eps-LRP,
-DeepLIFT; bagrepro.attribution, the masking experiment's implementation) next to the BagNet heatmaps,
+DeepLIFT; bagrepro.methods.attribution, the masking experiment's implementation) next to the BagNet heatmaps,
 all for VGG-16's predicted class.
 
 Writes ``results/heatmaps/summary.csv`` (figure, model, role, method, image_id, class, probability,
@@ -20,14 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import attribution
-from bagrepro.heatmap_cache import cached_heatmaps
-from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.plan import Work
-from bagrepro.profiles import BAGNET_ROLES
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import our_setting, paper_setting
+from bagrepro.methods import attribution
+from bagrepro.methods.heatmap_cache import cached_heatmaps
+from bagrepro.harness.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.harness.plan import Work
+from bagrepro.harness.profiles import BAGNET_ROLES
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import our_setting, paper_setting
 
 REFERENCE_ROLE = "vgg16"
 #: column titles of Fig. A.2 (other methods show their registry name)
@@ -38,7 +39,7 @@ METHOD_LABELS = {"saliency": "Saliency", "integrated_gradients": "Int. Grad.", "
 @dataclass(frozen=True)
 class Settings:
     """num_images: seeded random images shown; white_box: VGG-16's attribution methods in Fig. A.2
-    (names in :mod:`bagrepro.attribution`'s registry); ig_steps: Integrated Gradients' Riemann steps."""
+    (names in :mod:`bagrepro.methods.attribution`'s registry); ig_steps: Integrated Gradients' Riemann steps."""
 
     num_images: int = paper_setting(10, "Fig. 2", "10 random images")
     white_box: tuple[str, ...] = paper_setting(attribution.PAPER_METHODS, "Table 1 / Fig. A.2",

@@ -5,7 +5,7 @@ For separated masks delta_i, a bag-of-local-features model satisfies
 q px apart. The paper's protocol: split the image into s x s patches and replace every second patch
 in every second row with its DC component, "always around 1/4 of the image" masked; LHS: all masks at
 once, RHS: the sum over single masks, for the leading class's logit. Here the grid covers the whole
-image (:func:`bagrepro.masking.separated_masks`): it is placed per axis so that about half of each
+image (:func:`bagrepro.methods.masking.separated_masks`): it is placed per axis so that about half of each
 axis is masked, cells cut by the border are kept, clipped, and a clipped cell's DC component is the
 mean of its pixels inside the image; masked cells are s px apart, the x axis of Fig. 6C. The
 Pearson r of LHS against RHS across images, per model and distance, measures interactions (1 = none).
@@ -28,14 +28,15 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from bagrepro.masking import interaction_terms, masked_share, separated_masks
-from bagrepro.metrics import pearson_interval
-from bagrepro.plan import Work
-from bagrepro.plotting import new_figure, save_figure
-from bagrepro.report import comparison
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import mechanics_setting, our_setting, paper_setting
+from bagrepro.methods.masking import interaction_terms, masked_share, separated_masks
+from bagrepro.core.metrics import pearson_interval
+from bagrepro.harness.plan import Work
+from bagrepro.harness.plotting import new_figure, save_figure
+from bagrepro.harness.report import comparison
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import mechanics_setting, our_setting, paper_setting
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import paper
-from bagrepro.metrics import bootstrap_interval, mean_interval
-from bagrepro.plan import Work
-from bagrepro.plotting import OURS_COLOUR, PAPER_COLOUR, error_bars, new_figure, save_figure
-from bagrepro.profiles import BAGNET_ROLES
-from bagrepro.report import comparison
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import our_setting
+from bagrepro.core import paper
+from bagrepro.core.metrics import bootstrap_interval, mean_interval
+from bagrepro.harness.plan import Work
+from bagrepro.harness.plotting import OURS_COLOUR, PAPER_COLOUR, error_bars, new_figure, save_figure
+from bagrepro.harness.profiles import BAGNET_ROLES
+from bagrepro.harness.report import comparison
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import our_setting
 
 REFERENCE_ROLE = "vgg16"
 

@@ -6,7 +6,7 @@ image: the leading class is the one predicted on the clean image; a heatmap rank
 (attribution summed over each patch and its channels, sign convention ``sign``); patches are replaced
 by their DC component (or ``fill``) one after another, k = 0..steps, and the leading class's
 probability is recorded at every k. Heatmaps, each computed once per (image, tested model):
-- white-box on the tested model (bagrepro.attribution): Saliency, Integrated Gradients, eps-LRP,
+- white-box on the tested model (bagrepro.methods.attribution): Saliency, Integrated Gradients, eps-LRP,
   DeepLIFT;
 - black-box: the exact dense BagNet-9/17/33 heatmaps for the tested model's leading class;
 - random order, several seeds.
@@ -35,24 +35,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import attribution, paper
-from bagrepro.errors import MissingRoleError
-from bagrepro.heatmaps import dense_heatmaps
-from bagrepro.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
-from bagrepro.metrics import (
+from bagrepro.methods import attribution
+from bagrepro.core import paper
+from bagrepro.core.errors import MissingRoleError
+from bagrepro.methods.heatmaps import dense_heatmaps
+from bagrepro.methods.masking import grid_shape, masking_curves, patch_scores, ranks_from_scores
+from bagrepro.core.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     images_to_resolve,
     mean_interval,
     resolution,
 )
-from bagrepro.plan import Work
-from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.profiles import BAGNET_ROLES
-from bagrepro.report import comparison
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import mechanics_setting, our_setting, paper_setting
+from bagrepro.harness.plan import Work
+from bagrepro.harness.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.harness.profiles import BAGNET_ROLES
+from bagrepro.harness.report import comparison
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import mechanics_setting, our_setting, paper_setting
 
 EXAMPLES = 2  # images whose heatmaps are kept for the figure
 
@@ -65,10 +67,10 @@ class Settings:
     model; steps: patches masked; patch: patch side in px; fill: what a masked patch becomes ('dc':
     its mean colour, 'zero', 'blur'); sign: how a heatmap's pixel values rank a patch ('signed' sum,
     'positive', 'absolute'); random_seeds: random orders per image; white_box: attribution methods of
-    the tested model (names in :mod:`bagrepro.attribution`'s registry); ig_steps: Integrated
+    the tested model (names in :mod:`bagrepro.methods.attribution`'s registry); ig_steps: Integrated
     Gradients' Riemann steps; chunk_size: inputs per forward pass; engine: how the curves are
     computed, 'incremental' (each step recomputes only the part of every layer its newly masked
-    patch reaches, :mod:`bagrepro.incremental`; a model torch.fx cannot trace falls back to full
+    patch reaches, :mod:`bagrepro.methods.incremental`; a model torch.fx cannot trace falls back to full
     passes with a log line) or 'batched' (a full forward pass per image and step); the same curves
     to float rounding."""
 
@@ -191,7 +193,7 @@ def comparisons(curves: pd.DataFrame, bagnet_methods=BAGNET_ROLES) -> pd.DataFra
     (mean of the per-image differences = bagnet_p - white_box_p; lower p = the better attribution,
     so < 0: the BagNet heatmap is better), its 95 % interval ``bagnet_minus_white_box_low/high``
     (percentile bootstrap over images of the mean difference: a resample draws whole images, both
-    methods' values with them), ``resolved`` (:func:`bagrepro.metrics.resolution`: 'below' = the
+    methods' values with them), ``resolved`` (:func:`bagrepro.core.metrics.resolution`: 'below' = the
     sample resolves the BagNet heatmap as better, 'above' = as worse) and paper_bagnet_minus_white_box
     (the paper's Table 1 difference, to its 3 decimals; NaN where it lacks either value or k is not
     Table 1's 100) with its ``_source``."""
@@ -238,7 +240,7 @@ def bootstrap_mean_band(values: np.ndarray, level: float = 0.95, resamples: int 
     """Percentile bootstrap ``level`` interval of the mean over images at every k: values [N, K]
     (an image per row, e.g. p(leading class) after k = 0..K-1 masked patches) -> (low [K], high [K]).
 
-    Not :func:`bagrepro.metrics.bootstrap_interval` once per k: one seeded set of resamples serves
+    Not :func:`bagrepro.core.metrics.bootstrap_interval` once per k: one seeded set of resamples serves
     every k (each resample is one draw of images, its counts [resamples, N] multinomial), so the
     band is one curve of the same resampled image sets rather than K independent draws, and all K
     means of all resamples are one matrix product (counts @ values / N). Same method (percentile),

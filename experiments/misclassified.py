@@ -23,15 +23,16 @@ import torch
 from matplotlib.patches import Rectangle
 
 from bagrepro.data.synsets import display_name
-from bagrepro.heatmap_cache import cached_heatmaps
-from bagrepro.heatmaps import patch_logits
-from bagrepro.plan import Work
+from bagrepro.methods.heatmap_cache import cached_heatmaps
+from bagrepro.methods.heatmaps import patch_logits
+from bagrepro.harness.plan import Work
 from bagrepro.models.bagnet import BAGNET_STRIDE
-from bagrepro.plotting import draw_heatmap, new_figure, save_figure
-from bagrepro.predictions import clean_predictions, clean_work
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import our_setting
+from bagrepro.harness.plotting import draw_heatmap, new_figure, save_figure
+from bagrepro.harness.predictions import clean_predictions, clean_work
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import our_setting
 
 TOP_PATCHES = 3
 

@@ -4,10 +4,10 @@ Two manipulations, each with its own protocol:
 
 - **Texturisation: the paper's** (Fig. 5): a texture with the same VGG Gram matrices as the image,
   synthesised as Gatys et al. (2015) do (VGG-19 with average pools, Gram matrices of conv1_1 and
-  pool1..pool4, L-BFGS from seeded noise, :func:`bagrepro.scrambling.texturise`), classified by every
+  pool1..pool4, L-BFGS from seeded noise, :func:`bagrepro.methods.scrambling.texturise`), classified by every
   model; the paper: VGG-16 top-5 90.1 % clean -> 79.4 % texturised. Each texture's final loss and
   its loss at the start are kept, and a texture whose loss did not fall to
-  :data:`~bagrepro.scrambling.CONVERGED_RATIO` of its start is flagged (``converged``): an accuracy
+  :data:`~bagrepro.methods.scrambling.CONVERGED_RATIO` of its start is flagged (``converged``): an accuracy
   on unconverged textures says little about the models. The texturiser is the profile's stand-in
   for VGG-19 (role ``vgg19``; else VGG-16's, said in a line).
 - **Tile scrambling: the reproducibility report's** (15-scene data): an n x n grid of tiles shuffled by a
@@ -15,7 +15,7 @@ Two manipulations, each with its own protocol:
   0.922 -> 0.58, BagNet-33 0.925 -> 0.90). Its numbers are shown beside ours only for a run of the
   report's protocol (``--train`` on a scene data set); elsewhere ours stand alone, without verdicts.
 
-Clean accuracy comes from the shared clean predictions (:mod:`bagrepro.predictions`: reused, computed
+Clean accuracy comes from the shared clean predictions (:mod:`bagrepro.harness.predictions`: reused, computed
 only where missing).
 Writes ``results/scrambling/predictions.csv`` (model, role, image_id, method, grid, correct_top1,
 correct_top5), ``textures.csv`` (image_id, texturiser, optimizer, iterations, initial_loss, loss,
@@ -38,16 +38,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import paper
-from bagrepro.metrics import exact_intervals, mean_interval, proportion_interval
-from bagrepro.plan import Work
-from bagrepro.plotting import OURS_COLOUR, error_bars, new_figure, save_figure
-from bagrepro.predictions import clean_predictions, clean_work, score_batch
-from bagrepro.report import comparison
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.scrambling import CONVERGED_RATIO, GATYS_ITERATIONS, scramble_tiles, texturise
-from bagrepro.settings import our_setting, paper_setting
+from bagrepro.core import paper
+from bagrepro.core.metrics import exact_intervals, mean_interval, proportion_interval
+from bagrepro.harness.plan import Work
+from bagrepro.harness.plotting import OURS_COLOUR, error_bars, new_figure, save_figure
+from bagrepro.harness.predictions import clean_predictions, clean_work, score_batch
+from bagrepro.harness.report import comparison
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.methods.scrambling import CONVERGED_RATIO, GATYS_ITERATIONS, scramble_tiles, texturise
+from bagrepro.core.settings import our_setting, paper_setting
 
 EXAMPLES = 3
 #: the paper role whose stand-in synthesises the textures (Gatys et al. 2015 use VGG-19)

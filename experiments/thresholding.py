@@ -36,14 +36,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import paper
-from bagrepro.heatmaps import patch_logits
-from bagrepro.metrics import exact_intervals, top_k_hits, with_accuracy_intervals
-from bagrepro.plan import Work
-from bagrepro.plotting import error_bars, new_figure, save_figure
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import our_setting, paper_setting
+from bagrepro.core import paper
+from bagrepro.methods.heatmaps import patch_logits
+from bagrepro.core.metrics import exact_intervals, top_k_hits, with_accuracy_intervals
+from bagrepro.harness.plan import Work
+from bagrepro.harness.plotting import error_bars, new_figure, save_figure
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import our_setting, paper_setting
 
 MODEL_ROLE = "bagnet33"
 

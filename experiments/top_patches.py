@@ -20,18 +20,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bagrepro import paper
+from bagrepro.core import paper
 from bagrepro.data.synsets import display_name
-from bagrepro.errors import ConfigError
-from bagrepro.heatmaps import patch_logits
+from bagrepro.core.errors import ConfigError
+from bagrepro.methods.heatmaps import patch_logits
 from bagrepro.models.bagnet import BAGNET_STRIDE
-from bagrepro.patches import RunningTopK, crop_patches, patch_records
-from bagrepro.plan import Work
-from bagrepro.plotting import new_figure, save_figure
-from bagrepro.profiles import BAGNET_ROLES
-from bagrepro.results import read_csv
-from bagrepro.runner import Experiment, RunContext
-from bagrepro.settings import our_setting, paper_setting
+from bagrepro.methods.patches import RunningTopK, crop_patches, patch_records
+from bagrepro.harness.plan import Work
+from bagrepro.harness.plotting import new_figure, save_figure
+from bagrepro.harness.profiles import BAGNET_ROLES
+from bagrepro.harness.results import read_csv
+from bagrepro.harness.registry import Experiment
+from bagrepro.harness.context import RunContext
+from bagrepro.core.settings import our_setting, paper_setting
 
 GROUPS = ("same", "other")
 
@@ -48,7 +49,7 @@ class Settings:
 
 def paper_classes(classes) -> list[int]:
     """The data's indices of Fig. 3's classes (book jacket, typewriter keyboard, tench, flamingo,
-    groom; :data:`bagrepro.paper.FIG3_CLASSES`) in the paper's order, or [] unless the data holds them all."""
+    groom; :data:`bagrepro.core.paper.FIG3_CLASSES`) in the paper's order, or [] unless the data holds them all."""
     index = {str(c): i for i, c in enumerate(classes)}
     if not all(wnid in index for wnid in paper.FIG3_CLASSES):
         return []

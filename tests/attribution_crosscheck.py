@@ -1,8 +1,8 @@
-"""Independent cross-checks of bagrepro.attribution, used by the tests only (not library code).
+"""Independent cross-checks of bagrepro.methods.attribution, used by the tests only (not library code).
 
 captum's ``LRP`` and ``DeepLift`` hook ReLU *modules*, which fails on torchvision's ResNets (one
 ``nn.ReLU`` module called several times per forward) and misses DenseNet's functional ``F.relu`` (see
-bagrepro.attribution's module docstring). :func:`unshare_relus` builds, with ``torch.fx``, a copy in
+bagrepro.methods.attribution's module docstring). :func:`unshare_relus` builds, with ``torch.fx``, a copy in
 which every ReLU call has its own ``nn.ReLU`` module; :func:`captum_deeplift` runs captum's
 ``DeepLift`` on that copy, which the tests compare with the library's ReLU-override DeepLIFT.
 """
@@ -14,8 +14,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from bagrepro.attribution import _RELU_CALLS, _prepare, working_copy
-from bagrepro.errors import ConfigError
+from bagrepro.methods.attribution import _RELU_CALLS, _prepare, working_copy
+from bagrepro.core.errors import ConfigError
 
 
 def _is_relu_node(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
@@ -60,7 +60,7 @@ def captum_deeplift(model: nn.Module, images: Tensor, targets) -> Tensor:
 
     For comparison only. It falls back to the plain gradient (at x, not the midpoint) below
     |delta| = 1e-10, and registers a max-pool rule (without effect after a ReLU in captum 0.9; see
-    bagrepro.attribution's module docstring).
+    bagrepro.methods.attribution's module docstring).
     """
     from captum.attr import DeepLift
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import run_all
-from bagrepro.metrics import error_consistency, top_k_hits
+from bagrepro.core.metrics import error_consistency, top_k_hits
 from bagrepro.models import create_model
-from bagrepro.scrambling import scramble_tiles
+from bagrepro.methods.scrambling import scramble_tiles
 from experiments import scrambling
 from experiments.error_distribution import PAIRS, compare, distinct_pairs
 from experiments.logit_correlation import pearson_rows

@@ -1,4 +1,4 @@
-"""White-box attributions (bagrepro.attribution): the method registry and option dispatch, closed
+"""White-box attributions (bagrepro.methods.attribution): the method registry and option dispatch, closed
 forms, cross-checks against captum, completeness / summation-to-delta on torchvision ResNet-50 and
 DenseNet-169, and the caller's model left untouched. Random weights, small inputs (8-32 px)."""
 
@@ -12,11 +12,11 @@ import torch
 import torchvision
 from torch import nn
 
-from bagrepro.attribution import (METHODS, PAPER_METHODS, AttributionMethod, attribute, attribution_methods,
+from bagrepro.methods.attribution import (METHODS, PAPER_METHODS, AttributionMethod, attribute, attribution_methods,
                                   deeplift_rescale, epsilon_lrp, epsilon_rule, get_attribution,
                                   ig_internal_batch_size, register_attribution, relu_override,
                                   unregister_attribution, working_copy)
-from bagrepro.errors import ConfigError
+from bagrepro.core.errors import ConfigError
 from bagrepro.models import create_model
 from tests.attribution_crosscheck import captum_deeplift, unshare_relus
 

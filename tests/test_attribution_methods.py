@@ -1,4 +1,4 @@
-"""The attribution methods beyond the paper's four (bagrepro.attribution): closed forms on a linear
+"""The attribution methods beyond the paper's four (bagrepro.methods.attribution): closed forms on a linear
 model, guided backpropagation / deconvolution against captum, Grad-CAM's layer rule, methods that do
 not apply, and every registered method on a reduced BagNet and torchvision ResNet-18 / VGG-11 /
 DenseNet-121 (random weights, 40-64 px) with its pass count checked against the PassCounter."""
@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from bagrepro.attribution import (
+from bagrepro.methods.attribution import (
     PAPER_METHODS,
     MethodNotApplicable,
     attribute,
@@ -24,9 +24,9 @@ from bagrepro.attribution import (
     gradient_shap_baselines,
     occlusion_windows,
 )
-from bagrepro.errors import ConfigError
+from bagrepro.core.errors import ConfigError
 from bagrepro.models.bagnet import randomise_batchnorm, reduced_bagnet
-from bagrepro.passes import PassCounter
+from bagrepro.core.passes import PassCounter
 
 NEW_METHODS = ("input_x_gradient", "smoothgrad", "guided_backprop", "deconvolution", "gradient_shap",
                "occlusion", "kernel_shap", "lime", "grad_cam")
@@ -83,7 +83,7 @@ def test_occlusion_cost_needs_the_image_size():
 
 
 def test_image_size_is_reserved():
-    from bagrepro.attribution import register_attribution
+    from bagrepro.methods.attribution import register_attribution
 
     def sized(net, images, targets, *, image_size: int = 224):
         """An option named like passes_for's image size."""

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import run_all
-from bagrepro import attribution
-from bagrepro.profiles import PROFILES, frozen
+from bagrepro.methods import attribution
+from bagrepro.harness.profiles import PROFILES, frozen
 
 MODELS = ["demo_bagnet9", "demo_resnet50"]
 METHODS = ("saliency", "integrated_gradients", "occlusion", "grad_cam")

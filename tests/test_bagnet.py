@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from bagrepro.errors import DataError, WeightsError
-from bagrepro.heatmaps import dense_heatmaps, patch_logits
+from bagrepro.core.errors import DataError, WeightsError
+from bagrepro.methods.heatmaps import dense_heatmaps, patch_logits
 from bagrepro.models.bagnet import BagNet, bagnet, randomise_batchnorm, reduced_bagnet
 from bagrepro.models.fast import fuse_bagnet, fuse_for_inference
 from bagrepro.models.weights import load_into

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bagrepro import contrasts
-from bagrepro.metrics import with_accuracy_intervals
-from bagrepro.contrasts import AGREES, DISAGREES, NOT_MEASURABLE, NOT_RESOLVED, NOT_RUN
-from bagrepro.report import build_report
+from bagrepro.harness import contrasts
+from bagrepro.core.metrics import with_accuracy_intervals
+from bagrepro.harness.contrasts import AGREES, DISAGREES, NOT_MEASURABLE, NOT_RESOLVED, NOT_RUN
+from bagrepro.harness.report import build_report
 
 ROLES = {"b9": "bagnet9", "b17": "bagnet17", "b33": "bagnet33", "vgg": "vgg16", "res": "resnet50"}
 

@@ -11,7 +11,7 @@ import pytest
 
 import run_all
 from bagrepro.demo import DEMO_ROLES, training, zoo
-from bagrepro.profiles import PROFILES, stand_ins
+from bagrepro.harness.profiles import PROFILES, stand_ins
 
 MODELS = ["demo_bagnet9", "demo_resnet50"]
 

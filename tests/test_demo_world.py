@@ -13,7 +13,7 @@ from bagrepro.demo import render, spec, store
 from bagrepro.demo.spec import DEMO_PREPROCESS, SPLITS, WorldConfig, arrangement_lattice
 from bagrepro.demo.store import generate_world, make_world
 from bagrepro.demo.zoo import DEMO_ZOO, DemoModel
-from bagrepro.errors import ConfigError
+from bagrepro.core.errors import ConfigError
 
 # 57 px images, guard 9 (the arrangement is invisible to BagNet-9 here), 12 classes, 3/2/2 per class
 TINY = WorldConfig(seed=3, image_size=57, guard=9, train_per_class=3, val_per_class=2, test_per_class=2)
@@ -302,7 +302,7 @@ def test_shipped_zoo_matches_the_code():
     world or an architecture until ``python bench/demo_zoo.py --retrain --ship`` is run."""
     from dataclasses import asdict
 
-    from bagrepro.cache import file_sha256
+    from bagrepro.core.cache import file_sha256
     from bagrepro.demo import training
 
     expected = set()

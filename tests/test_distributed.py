@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bagrepro.errors import DataError
-from bagrepro.results import UnitStore, read_unit_frames
+from bagrepro.core.errors import DataError
+from bagrepro.harness.results import UnitStore, read_unit_frames
 
 REPO = Path(__file__).resolve().parents[1]
 # sharded: accuracy, masking, scrambling (textures made on rank 0 first), top_patches, attribution_truth;

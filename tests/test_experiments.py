@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 import run_all
-from bagrepro.profiles import get_profile
-from bagrepro.runner import plan_units
-from bagrepro.runner import RunOptions, discover_experiments, experiment_settings
+from bagrepro.harness.profiles import get_profile
+from bagrepro.harness.stages import plan_units
+from bagrepro.harness.sources import RunOptions
+from bagrepro.harness.registry import discover_experiments, experiment_settings
 
 EXPERIMENTS = list(discover_experiments().values())
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import run_all
-from bagrepro.lock import LOCK_NAME
+from bagrepro.harness.lock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ TINY_RUN = """
 import dataclasses, sys
 sys.path.insert(0, {root!r})
 import run_all
-from bagrepro import profiles
+from bagrepro.harness import profiles
 settings = {{"interactions": {{"patch_sizes": (16,), "num_images": 4}},
             "masking": {{"num_images": 2, "steps": 4, "random_seeds": 1, "tested_roles": ("vgg16",),
                         "white_box": ("saliency",)}}}}
@@ -154,7 +154,7 @@ def test_a_damaged_unit_is_reported_and_computed_again(tmp_path, capsys, damage)
 
 
 def test_a_damaged_cached_heatmap_is_computed_again(capsys):
-    from bagrepro.heatmap_cache import cached_heatmaps
+    from bagrepro.methods.heatmap_cache import cached_heatmaps
     from bagrepro.models import create_model
     from bagrepro.models.fast import fuse_for_inference
 
@@ -212,7 +212,7 @@ def test_a_damaged_demo_model_is_trained_again(capsys):
 
 
 def test_a_download_cut_off_half_way_is_not_kept(tmp_path, monkeypatch):
-    from bagrepro.errors import WeightsError
+    from bagrepro.core.errors import WeightsError
     from bagrepro.models import weights as W
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

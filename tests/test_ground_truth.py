@@ -1,4 +1,4 @@
-"""The benchmark's scores (bagrepro.ground_truth): pooling onto a BagNet's patch grid, rank scores,
+"""The benchmark's scores (bagrepro.methods.ground_truth): pooling onto a BagNet's patch grid, rank scores,
 the deletion curves and their optimum, and the localisation scores against Quantus."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from bagrepro.ground_truth import (
+from bagrepro.methods.ground_truth import (
     deletion_curves,
     deletion_gaps,
     pointing_game,
@@ -20,7 +20,7 @@ from bagrepro.ground_truth import (
     top_fraction_overlap,
     window_coverage,
 )
-from bagrepro.heatmaps import patch_logits
+from bagrepro.methods.heatmaps import patch_logits
 from bagrepro.models.bagnet import reduced_bagnet
 
 

@@ -24,7 +24,7 @@ from bagrepro.data.imagenet import (
     load_imagenet_val,
 )
 from bagrepro.data.synsets import IMAGENET_WNIDS
-from bagrepro.errors import ConfigError, DataError
+from bagrepro.core.errors import ConfigError, DataError
 
 WNIDS = ["n01440764", "n01443537", "n02102040"]  # sorted; 1000-way indices 0, 1, 217
 INDEX = [IMAGENET_WNIDS.index(w) for w in WNIDS]

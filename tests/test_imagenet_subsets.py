@@ -24,7 +24,7 @@ import run_all
 from bagrepro.data import synsets
 from bagrepro.data.imagenet import detect_layout, image_folder, load_images, load_imagenet_val
 from bagrepro.data.synsets import IMAGENET_NAMES, IMAGENET_WNIDS, class_name, display_name, imagenet_index
-from bagrepro.errors import DataError
+from bagrepro.core.errors import DataError
 from bagrepro.models import registry
 
 #: 1000-way index -> images of that synset in every layout

@@ -1,4 +1,4 @@
-"""Incremental inference (bagrepro.incremental): the same outputs as full forward passes, for every
+"""Incremental inference (bagrepro.methods.incremental): the same outputs as full forward passes, for every
 architecture family it covers, odd sizes, patches that do not divide the image, every fill; the
 nodes it cannot window are computed whole; untraceable models fall back with one log line."""
 
@@ -12,13 +12,13 @@ import torchvision
 from torch import nn
 
 import bagrepro.demo.plugin  # noqa: F401  (registers the demo zoo)
-from bagrepro.incremental import IncrementalModel, NotIncremental
-from bagrepro.masking import (batched_masking_curves, grid_positions, grid_shape, incremental_masking_curves,
+from bagrepro.methods.incremental import IncrementalModel, NotIncremental
+from bagrepro.methods.masking import (batched_masking_curves, grid_positions, grid_shape, incremental_masking_curves,
                               masking_curves, ranks_from_scores)
 from bagrepro.models import create_model
 from bagrepro.models.bagnet import randomise_batchnorm, reduced_bagnet
 from bagrepro.models.fast import fuse_for_inference
-from bagrepro.passes import PassCounter
+from bagrepro.core.passes import PassCounter
 
 HEIGHT, WIDTH = 61, 67  # odd, not square, and 8 divides neither
 
@@ -175,7 +175,7 @@ def test_an_untraceable_model_falls_back_to_full_passes_with_one_log_line(caplog
     inputs = torch.randn(2, 3, HEIGHT, WIDTH)
     ranks = ranks_from_scores(torch.randn(2, 7 * 8))
     leading = torch.zeros(2, dtype=torch.long)
-    with caplog.at_level(logging.WARNING, logger="bagrepro.incremental"):
+    with caplog.at_level(logging.WARNING, logger="bagrepro.methods.incremental"):
         first = masking_curves(model, inputs, ranks, leading, 4)
         masking_curves(model, inputs, ranks, leading, 4)
     lines = [r for r in caplog.records if "DataDependent" in r.getMessage()]
@@ -184,7 +184,7 @@ def test_an_untraceable_model_falls_back_to_full_passes_with_one_log_line(caplog
 
 
 def test_an_unknown_engine_is_a_config_error():
-    from bagrepro.errors import ConfigError
+    from bagrepro.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown masking engine 'fast'"):
         masking_curves(nn.Identity(), torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, dtype=torch.long),
@@ -206,7 +206,7 @@ def test_occlusion_equals_captum(name):
     the reference (a 12 px window at stride 5 hangs over the 61 x 67 px border)."""
     from captum.attr import Occlusion
 
-    from bagrepro.attribution import attribute
+    from bagrepro.methods.attribution import attribute
 
     model = family(name)
     images = torch.randn(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
@@ -220,7 +220,7 @@ def test_occlusion_equals_captum(name):
 
 
 def test_occlusion_of_an_untraceable_model_goes_through_captum():
-    from bagrepro.attribution import attribute, incremental_occlusion
+    from bagrepro.methods.attribution import attribute, incremental_occlusion
 
     model = DataDependent().eval()
     images = torch.randn(2, 3, 20, 20)

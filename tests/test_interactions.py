@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bagrepro import contrasts, metrics, paper
-from bagrepro.contrasts import AGREES, DISAGREES, NOT_MEASURABLE, NOT_RESOLVED
-from bagrepro.masking import cell_fill_values, interaction_terms, masked_share, separated_masks
+from bagrepro.harness import contrasts
+from bagrepro.core import metrics, paper
+from bagrepro.harness.contrasts import AGREES, DISAGREES, NOT_MEASURABLE, NOT_RESOLVED
+from bagrepro.methods.masking import cell_fill_values, interaction_terms, masked_share, separated_masks
 from bagrepro.models.bagnet import randomise_batchnorm, reduced_bagnet
 
 SIZES = {224: range(8, 65, 8), 121: (12, 18, 24, 36), 64: (6, 8, 10, 12, 16, 20), 112: (10, 18, 34)}

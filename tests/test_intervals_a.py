@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bagrepro import metrics, plotting
-from bagrepro.metrics import error_consistency, proportion_interval
+from bagrepro.core import metrics
+from bagrepro.harness import plotting
+from bagrepro.core.metrics import error_consistency, proportion_interval
 from experiments import accuracy, error_distribution, runtime, scrambling, thresholding
 
 

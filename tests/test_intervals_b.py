@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bagrepro import paper
+from bagrepro.core import paper
 
 from experiments.interactions import correlations
 from experiments.logit_correlation import (

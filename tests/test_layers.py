@@ -14,18 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: bagrepro's layers, first to last; a module may import its own layer and the layers before it
-LAYERS = {
-    "core": {"errors", "cache", "atomic", "paper", "settings", "metrics", "recipe"},
-    "data": {"data"},
-    "models": {"models"},
-    "methods": {"heatmaps", "heatmap_cache", "attribution", "masking", "scrambling", "patches", "training",
-                "ground_truth", "incremental"},
-    "harness": {"runner", "profiles", "results", "report", "contrasts", "distributed", "predictions", "plotting", "lock",
-                "tuning", "passes", "plan"},
-    "plugin": {"demo"},
-}
-ORDER = list(LAYERS)
+#: bagrepro's layers, first to last, each a folder of bagrepro/; a module may import its own layer and
+#: the layers before it. The demo is a plugin on top.
+ORDER = ["core", "data", "models", "methods", "harness", "demo"]
 #: same rank: they may not import each other
 SIBLINGS = {frozenset({"data", "models"})}
 
@@ -58,15 +49,31 @@ MODULES = set(GRAPH)
 
 
 def layer_of(module: str) -> str | None:
+    """A module's layer: the folder of bagrepro/ it lives in (None outside bagrepro)."""
     parts = module.split(".")
     if parts[0] != "bagrepro" or len(parts) < 2:
         return None
-    return next((layer for layer, members in LAYERS.items() if parts[1] in members), None)
+    return parts[1] if parts[1] in ORDER else None
+
+
+def test_bagrepro_holds_only_its_layer_folders():
+    """Folders = layers: beside the layer folders, only the package's own ``__init__.py``."""
+    loose = sorted(p.name for p in (ROOT / "bagrepro").glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert not loose, f"modules outside a layer folder: {loose}"
+    folders = sorted(p.name for p in (ROOT / "bagrepro").iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+    assert folders == sorted(ORDER)
 
 
 def test_every_library_module_has_a_layer():
-    unplaced = [m for m in MODULES if m.startswith("bagrepro.") and layer_of(m) is None]
-    assert not unplaced, f"add these to a layer in tests/test_layers.py: {unplaced}"
+    unplaced = [m for m in MODULES if m.startswith("bagrepro.") and m != "bagrepro" and layer_of(m) is None]
+    assert not unplaced, f"modules outside the layer folders {ORDER}: {unplaced}"
+
+
+def test_no_harness_module_imports_the_experiments():
+    """Experiments are found by name (importlib), never imported by the library."""
+    wrong = [(m, t) for m, targets in GRAPH.items() if m.startswith("bagrepro") for t in targets
+             if t.startswith("experiments")]
+    assert wrong == []
 
 
 def test_layers_import_only_the_layers_before_them():

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from bagrepro.masking import (fill_values, grid_shape, interaction_terms, masking_curves, patch_masks_to_pixels,
+from bagrepro.methods.masking import (fill_values, grid_shape, interaction_terms, masking_curves, patch_masks_to_pixels,
                               patch_scores, ranks_from_scores, separated_masks)
 from bagrepro.models.bagnet import reduced_bagnet
 from experiments.interactions import correlations
@@ -145,7 +145,8 @@ def test_a_new_attribution_method_is_one_function_and_a_setting(tmp_path, monkey
     import pandas as pd
 
     import run_all
-    from bagrepro import attribution, profiles
+    from bagrepro.methods import attribution
+    from bagrepro.harness import profiles
 
     @attribution.register_attribution("test_input_x_gradient", passes="1 forward + 1 backward")
     def input_x_gradient(net, images, targets):

@@ -13,8 +13,8 @@ import torch
 
 import run_all
 from bagrepro.demo.store import demo_test_images
-from bagrepro.heatmaps import dense_heatmaps
-from bagrepro.masking import grid_shape, masking_curves, ranks_from_scores
+from bagrepro.methods.heatmaps import dense_heatmaps
+from bagrepro.methods.masking import grid_shape, masking_curves, ranks_from_scores
 from bagrepro.models import create_model
 from bagrepro.models.fast import fuse_for_inference, with_precision
 

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 import run_all
-from bagrepro import paper
-from bagrepro.report import build_report
-from bagrepro.runner import discover_experiments
+from bagrepro.core import paper
+from bagrepro.harness.report import build_report
+from bagrepro.harness.registry import discover_experiments
 
 PAPER_MD = Path(__file__).resolve().parents[2] / "shared" / "paper.md"
 
@@ -94,7 +94,7 @@ DECIMAL = re.compile(r"(?<![\w.])-?\d*\.\d+")
 
 def shown_as_reference(number: str, source: str) -> bool:
     """Whether a number printed as a reference (to its printed decimals) is a value of
-    bagrepro.paper with that source, or a ratio / difference of two of them where the source says so."""
+    bagrepro.core.paper with that source, or a ratio / difference of two of them where the source says so."""
     value, tolerance = float(number), 0.5 * 10 ** -len(number.split(".")[1]) + 1e-9
     values = [v for v, s in paper.reference_values() if s == source or source.startswith(s)]
     candidates = list(values)

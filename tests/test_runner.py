@@ -14,10 +14,10 @@ from PIL import Image
 from torch import nn
 
 import run_all
-from bagrepro.errors import ConfigError
+from bagrepro.core.errors import ConfigError
 from bagrepro.models import create_model, get_spec, list_models, register_model, register_models_from_file, unregister_model
 from bagrepro.models import registry
-from bagrepro.results import UnitStore, write_csv
+from bagrepro.harness.results import UnitStore, write_csv
 
 SMOKE_ACCURACY = ["--profile", "smoke", "--experiment", "accuracy", "--quiet"]
 
@@ -143,7 +143,7 @@ def test_accuracy_of_a_constant_model_is_the_class_share(tmp_path):
 
 
 def test_finished_units_are_reused_and_force_recomputes(tmp_path, monkeypatch):
-    from bagrepro import predictions
+    from bagrepro.harness import predictions
 
     assert run_cli(tmp_path, *SMOKE_ACCURACY, "--models", "smoke_bagnet9", "smoke_vgg16") == 0
     first = pd.read_csv(tmp_path / "results" / "accuracy" / "predictions.csv")
@@ -159,7 +159,7 @@ def test_finished_units_are_reused_and_force_recomputes(tmp_path, monkeypatch):
 
 
 def test_interrupted_run_keeps_finished_units_and_no_half_written_csv(tmp_path, monkeypatch):
-    from bagrepro import predictions
+    from bagrepro.harness import predictions
 
     original = predictions.predict
 
@@ -270,7 +270,8 @@ def test_cpu_runs_do_not_pin_memory_and_cuda_is_refused_in_one_line(tmp_path, ca
     from bagrepro.data.imagenet import image_folder
     from bagrepro.data.imagesets import FileImageSet
     from bagrepro.models.preprocess import Preprocess
-    from bagrepro.runner import RunContext, RunOptions
+    from bagrepro.harness.context import RunContext
+    from bagrepro.harness.sources import RunOptions
 
     data = tmp_path / "data"
     for name in ("a", "b"):
@@ -321,7 +322,7 @@ def test_plan_with_force_plans_everything_and_deletes_nothing(tmp_path, capsys):
 
 
 def test_a_plain_run_selects_the_papers_experiments_and_all_adds_the_extensions():
-    from bagrepro.runner import discover_experiments, select_experiments
+    from bagrepro.harness.registry import discover_experiments, select_experiments
 
     registry = discover_experiments()
     extensions = {name for name, experiment in registry.items() if not experiment.in_default_run}

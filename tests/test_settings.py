@@ -11,10 +11,10 @@ from typing import Literal
 import pytest
 
 import run_all
-from bagrepro import profiles
-from bagrepro.errors import ConfigError
-from bagrepro.runner import check_profile, discover_experiments, experiment_settings
-from bagrepro.settings import describe, provenance, resolve
+from bagrepro.harness import profiles
+from bagrepro.core.errors import ConfigError
+from bagrepro.harness.registry import check_profile, discover_experiments, experiment_settings
+from bagrepro.core.settings import describe, provenance, resolve
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Gatys et al. (2015) texture synthesis (:mod:`bagrepro.scrambling`): the average-pool VGG and its
+"""Gatys et al. (2015) texture synthesis (:mod:`bagrepro.methods.scrambling`): the average-pool VGG and its
 layers, the loss, the batched L-BFGS (against torch.optim.LBFGS, on box-constrained and non-convex
 problems), and texturise itself on tiny VGGs (the loss falls by orders of magnitude, the pixels stay
 in [0, 1], an image's texture does not depend on the rest of its batch)."""
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torchvision.models import vgg as tv_vgg
 
-from bagrepro.errors import ConfigError
-from bagrepro.scrambling import (
+from bagrepro.core.errors import ConfigError
+from bagrepro.methods.scrambling import (
     CONVERGED_RATIO,
     GATYS_ITERATIONS,
     TextureResult,

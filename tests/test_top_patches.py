@@ -11,11 +11,11 @@ from bagrepro.data.imagesets import smoke_images
 from bagrepro.models import create_model
 from bagrepro.models.bagnet import BAGNET_STRIDE
 from bagrepro.models.fast import fuse_for_inference
-from bagrepro.profiles import get_profile
+from bagrepro.harness.profiles import get_profile
 
-from bagrepro.patches import RunningTopK, crop_patches, patch_records
+from bagrepro.methods.patches import RunningTopK, crop_patches, patch_records
 from bagrepro.models.bagnet import reduced_bagnet, randomise_batchnorm
-from bagrepro.heatmaps import patch_logits
+from bagrepro.methods.heatmaps import patch_logits
 
 
 def test_streaming_top_k_equals_brute_force_over_the_data_set():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from bagrepro.errors import WeightsError
+from bagrepro.core.errors import WeightsError
 from bagrepro.models import weights as W
 
 

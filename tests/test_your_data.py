@@ -21,11 +21,13 @@ import torch
 from PIL import Image
 
 import run_all
-from bagrepro import paper, training, tuning
-from bagrepro.errors import ConfigError, DataError
+from bagrepro.core import paper
+from bagrepro.methods import training
+from bagrepro.harness import tuning
+from bagrepro.core.errors import ConfigError, DataError
 from bagrepro.models import get_spec, register_model, unregister_model
 from bagrepro.models.weights import WeightsSpec
-from bagrepro.recipe import TrainRecipe
+from bagrepro.core.recipe import TrainRecipe
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("coast", "forest", "street")  # not synsets: the data's own three classes

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch.utils.data
 from tqdm.auto import tqdm
 
-from .images import UnreadableImageError, open_rgb
+from bagrepro.data.images import UnreadableImageError, open_rgb
 
 #: images per task sent to a checking worker
 CHECK_CHUNK = 16

@@ -23,7 +23,7 @@ import torch.utils.data
 
 from bagrepro.data import synsets
 from bagrepro.data.images import is_image_file, open_rgb
-from bagrepro.errors import ConfigError, DataError
+from bagrepro.core.errors import ConfigError, DataError
 
 WNID_RE = synsets.WNID_RE
 VAL_IMAGE_RE = re.compile(r"ILSVRC2012_val_(\d{8})\.jpeg", re.IGNORECASE)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bagrepro.errors import DataError, one_line
+from bagrepro.core.errors import DataError, one_line
 
 #: File extensions (lower case) that count as images when scanning folders.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")

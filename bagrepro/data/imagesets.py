@@ -14,9 +14,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .check import MarkUnreadable, UnreadableBatch, collate
-from .imagenet import ImageDataset
-from .images import UnreadableImageError
+from bagrepro.data.check import MarkUnreadable, UnreadableBatch, collate
+from bagrepro.data.imagenet import ImageDataset
+from bagrepro.data.images import UnreadableImageError
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 

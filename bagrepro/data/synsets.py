@@ -16,7 +16,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from bagrepro.errors import DataError
+from bagrepro.core.errors import DataError
 
 TABLE_PATH = Path(__file__).with_name("ilsvrc2012_classes.tsv")
 NUM_CLASSES = 1000

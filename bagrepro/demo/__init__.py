@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from ..profiles import Profile, frozen, register_profile, stand_ins
-from .zoo import DEMO_ZOO
+from bagrepro.harness.profiles import Profile, frozen, register_profile, stand_ins
+from bagrepro.demo.zoo import DEMO_ZOO
 
 #: paper role -> demo model (one VGG and one ResNet stand in for both sizes of each)
 DEMO_ROLES = stand_ins({name: entry.roles for name, entry in DEMO_ZOO.items()})

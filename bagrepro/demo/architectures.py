@@ -28,7 +28,7 @@ from torchvision.models import DenseNet, ResNet, VGG
 from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
 from torchvision.models.vgg import make_layers
 
-from ..models.bagnet import BagNet, reduced_bagnet
+from bagrepro.models.bagnet import BagNet, reduced_bagnet
 
 
 def _init_conv_bn_linear(modules, linear_std: float | None) -> None:

@@ -8,12 +8,12 @@ by :mod:`bagrepro.demo.training` and cached) and the demo world's test split as 
 
 from __future__ import annotations
 
-from ..models import register_model
-from ..runner import register_image_source
-from .spec import DEMO_PREPROCESS
-from .store import DEMO_WORLD, demo_test_images
-from .training import trained_weights
-from .zoo import DEMO_ZOO
+from bagrepro.models import register_model
+from bagrepro.harness.sources import register_image_source
+from bagrepro.demo.spec import DEMO_PREPROCESS
+from bagrepro.demo.store import DEMO_WORLD, demo_test_images
+from bagrepro.demo.training import trained_weights
+from bagrepro.demo.zoo import DEMO_ZOO
 
 for _name, _entry in DEMO_ZOO.items():
     register_model(

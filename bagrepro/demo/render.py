@@ -40,9 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_path
-from ..models.bagnet import BAGNET_STRIDE
-from .spec import ARRANGEMENTS, DOT_GAP, LATTICE_DROP, LATTICES, TEXTURES, WorldConfig, arrangement_lattice
+from bagrepro.core.atomic import atomic_path
+from bagrepro.models.bagnet import BAGNET_STRIDE
+from bagrepro.demo.spec import ARRANGEMENTS, DOT_GAP, LATTICE_DROP, LATTICES, TEXTURES, WorldConfig, arrangement_lattice
 
 
 # ---- painting ------------------------------------------------------------------------------------

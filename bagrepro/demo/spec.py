@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..cache import config_hash
-from ..errors import ConfigError
-from ..models.bagnet import BAGNET_STRIDE
-from ..models.preprocess import Preprocess
+from bagrepro.core.cache import config_hash
+from bagrepro.core.errors import ConfigError
+from bagrepro.models.bagnet import BAGNET_STRIDE
+from bagrepro.models.preprocess import Preprocess
 
 #: bump when the generator changes what it draws: it is part of the cache key of worlds and models
 GENERATOR_VERSION = 2

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
-from ..cache import cache_dir
-from ..data.imagesets import TensorImageSet
-from ..errors import ConfigError, one_line
-from .render import render_images
-from .spec import DEMO_PREPROCESS, GROUPS, SPLITS, WorldConfig
+from bagrepro.core.atomic import atomic_path
+from bagrepro.core.cache import cache_dir
+from bagrepro.data.imagesets import TensorImageSet
+from bagrepro.core.errors import ConfigError, one_line
+from bagrepro.demo.render import render_images
+from bagrepro.demo.spec import DEMO_PREPROCESS, GROUPS, SPLITS, WorldConfig
 
 #: the world of the demo profile (changing it changes the cache keys of the world and the zoo)
 DEMO_WORLD = WorldConfig()

@@ -1,14 +1,14 @@
 """Training the demo zoo on the demo world, with the project's one training loop and cache.
 
 - Recipes: each :data:`~bagrepro.demo.zoo.DEMO_ZOO` entry carries its
-  :class:`~bagrepro.recipe.TrainRecipe`; :func:`default_recipe`.
-- :func:`train_model`: trains one demo model on ``world.train`` with :func:`bagrepro.training.fit`
+  :class:`~bagrepro.core.recipe.TrainRecipe`; :func:`default_recipe`.
+- :func:`train_model`: trains one demo model on ``world.train`` with :func:`bagrepro.methods.training.fit`
   (deterministic on the CPU for a given seed; BatchNorm statistics re-estimated after the last step).
   Inputs are normalised with :data:`~bagrepro.demo.spec.DEMO_PREPROCESS`.
 - :func:`get_trained`: the trained model, from ``cache_dir()/demo-zoo/<name>-<hash>.pt`` when a
   retraining left it there, else from the weights shipped in the repository (:data:`SHIPPED_DIR`),
   else trained now and cached; ``force`` (``run_all.py --retrain``) trains it again whatever is shipped or cached
-  (:func:`bagrepro.training.train_cached`: checksummed, resumable per epoch). Weights are plain
+  (:func:`bagrepro.methods.training.train_cached`: checksummed, resumable per epoch). Weights are plain
   state_dicts with a ``.json`` record beside them (recipe, world, architecture, training time,
   validation accuracies, SHA-256, checked on every load). The hash (:func:`model_key`) covers the
   recipe, the world (config and generator version), the model's name and architecture, and the input
@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import cache_dir, config_hash
-from ..errors import ConfigError
-from ..recipe import TrainRecipe
-from ..training import (
+from bagrepro.core.cache import cache_dir, config_hash
+from bagrepro.core.errors import ConfigError
+from bagrepro.core.recipe import TrainRecipe
+from bagrepro.methods.training import (
     TrainingImages,
     evaluate,
     fit,
@@ -45,9 +45,9 @@ from ..training import (
     recalibrate_batchnorm,
     train_cached,
 )
-from .spec import DEMO_PREPROCESS, WorldConfig
-from .store import DEMO_WORLD, DemoWorld, demo_world
-from .zoo import DEMO_ZOO, demo_model
+from bagrepro.demo.spec import DEMO_PREPROCESS, WorldConfig
+from bagrepro.demo.store import DEMO_WORLD, DemoWorld, demo_world
+from bagrepro.demo.zoo import DEMO_ZOO, demo_model
 
 #: bump when training code changes what it produces: it is part of the cache key
 TRAINING_VERSION = 1

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..recipe import TrainRecipe
+from bagrepro.core.errors import ConfigError
+from bagrepro.core.recipe import TrainRecipe
 
 #: the architecture families :mod:`bagrepro.demo.architectures` builds (one function of each name)
 FAMILIES = ("bagnet", "vgg", "resnet", "densenet")
@@ -70,7 +70,7 @@ class DemoModel:
 
     def build(self, num_classes: int):
         """The untrained model, an ``nn.Module`` (its initial weights come from the global torch RNG)."""
-        from . import architectures  # torch: only when a model is built
+        from bagrepro.demo import architectures  # torch: only when a model is built
 
         return getattr(architectures, self.family)(self.settings, num_classes)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing  # not yet public under torch.fx
 
-from ..errors import ConfigError, DataError
+from bagrepro.core.errors import ConfigError, DataError
 
 #: total stride of every BagNet, in input pixels per output location
 BAGNET_STRIDE = 8

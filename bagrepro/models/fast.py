@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .bagnet import BagNet
+from bagrepro.models.bagnet import BagNet
 
 
 def _compose_1x1_then_conv(first: nn.Conv2d, second: nn.Conv2d) -> nn.Conv2d:

@@ -27,9 +27,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .preprocess import IMAGENET, Preprocess
-from ..errors import ConfigError
-from .weights import WeightsSpec, load_pretrained
+from bagrepro.models.preprocess import IMAGENET, Preprocess
+from bagrepro.core.errors import ConfigError
+from bagrepro.models.weights import WeightsSpec, load_pretrained
 
 #: A loader that puts trained weights into a freshly built model and returns where they came from:
 #: ``loader(model, spec, weights_dir, progress, force) -> provenance``; ``force`` re-makes them.

@@ -5,7 +5,7 @@ Released files follow torch hub's naming convention ``name-<hex>.ext`` where ``<
 ``resnet50-0676ba61.pth``. A file is downloaded into torch hub's cache
 (``torch.hub.get_dir()/checkpoints``, which honours ``TORCH_HOME``) at most once, its hash is checked
 every time it is used, and it is read with ``torch.load(..., weights_only=True)`` only. Every problem a
-user can cause raises :class:`~bagrepro.errors.WeightsError` with a one-line message.
+user can cause raises :class:`~bagrepro.core.errors.WeightsError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from bagrepro.atomic import atomic_path
-from bagrepro.cache import file_sha256
-from bagrepro.errors import WeightsError, one_line
+from bagrepro.core.atomic import atomic_path
+from bagrepro.core.cache import file_sha256
+from bagrepro.core.errors import WeightsError, one_line
 
 __all__ = [
     "WeightsSpec",

@@ -17,10 +17,10 @@ from torchvision.models import densenet as tv_densenet
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import vgg as tv_vgg
 
-from .bagnet import bagnet, reduced_bagnet
-from .preprocess import Preprocess
-from .registry import register_model
-from .weights import WeightsSpec
+from bagrepro.models.bagnet import bagnet, reduced_bagnet
+from bagrepro.models.preprocess import Preprocess
+from bagrepro.models.registry import register_model
+from bagrepro.models.weights import WeightsSpec
 
 RELEASED_BAGNET_ROOT = (
     "https://bitbucket.org/wielandbrendel/bag-of-feature-pretrained-models/raw/"

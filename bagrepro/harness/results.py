@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_path
-from .cache import file_sha256
-from .errors import DataError
+from bagrepro.core.atomic import atomic_path
+from bagrepro.core.cache import file_sha256
+from bagrepro.core.errors import DataError
 
 PACKAGES = ("torch", "torchvision", "captum", "numpy", "scipy", "pandas", "matplotlib")
 
@@ -72,7 +72,7 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 
 def git_commit(root: Path | None = None) -> str:
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]  # the repository
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .plan import Work
+from bagrepro.harness.plan import Work
 
 #: the experiment whose unit store holds the predictions (its CSVs are these predictions)
 OWNER = "accuracy"

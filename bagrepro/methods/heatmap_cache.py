@@ -14,10 +14,10 @@ import zipfile
 import numpy as np
 import torch
 
-from .cache import cache_dir, config_hash
-from .errors import one_line
-from .heatmaps import dense_heatmaps
-from .atomic import atomic_path
+from bagrepro.core.cache import cache_dir, config_hash
+from bagrepro.core.errors import one_line
+from bagrepro.methods.heatmaps import dense_heatmaps
+from bagrepro.core.atomic import atomic_path
 
 
 def _path(model, image_id: str, size: tuple[int, int], target: int):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from .errors import ConfigError, MissingRoleError
+from bagrepro.core.errors import ConfigError, MissingRoleError
 
 #: the paper's models, by role; the paper profile uses the zoo entries of the same names
 #: (in order of preference when one stand-in covers several roles)

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 import torch
 
-from .errors import ConfigError
+from bagrepro.core.errors import ConfigError
 
 #: how long a rank may wait at a barrier for the others (rank 0 also runs the experiments that are
 #: not sharded, which on the full validation set can take hours)

@@ -4,7 +4,7 @@ Two kinds of truth, two sets of scores, all batched over images (torch in, torch
 
 **Part A: a BagNet's exact evidence.** A BagNet's logit of class t is the mean of its patch logits
 ``l_w`` over the windows w of its native grid (window (i, j) = input rows [8i, 8i + q), columns
-[8j, 8j + q); :func:`bagrepro.heatmaps.patch_logits`), so the evidence of every window is known
+[8j, 8j + q); :func:`bagrepro.methods.heatmaps.patch_logits`), so the evidence of every window is known
 exactly. A pixel attribution map is compared with it after :func:`pool_to_patch_grid`:
 
 - pooling: every pixel's attribution is shared equally among the windows that contain it, and a
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from .models.bagnet import BAGNET_STRIDE
+from bagrepro.models.bagnet import BAGNET_STRIDE
 
 #: share of windows whose overlap :func:`top_fraction_overlap` measures by default (the issue's 10 %)
 TOP_FRACTION = 0.1

@@ -2,7 +2,7 @@
 
 - :class:`TrainingImages`: labelled images held in memory as uint8 [N, L, L, 3] (decoded once; a
   15-scene-sized set at 256 px is about 0.3 GB), served as augmented, normalised float batches.
-- :func:`fit`: trains a freshly built model with a :class:`~bagrepro.recipe.TrainRecipe`; on the CPU
+- :func:`fit`: trains a freshly built model with a :class:`~bagrepro.core.recipe.TrainRecipe`; on the CPU
   the same seed gives the same weights (seeded initialisation of new layers, a fixed data order and
   fixed augmentation drawn from a private generator, ``torch.use_deterministic_algorithms`` during
   training; the caller's global random state is left as it was). After every epoch it writes a
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
-from .cache import file_sha256
-from .errors import ConfigError, one_line
-from .recipe import TrainRecipe
+from bagrepro.core.atomic import atomic_path
+from bagrepro.core.cache import file_sha256
+from bagrepro.core.errors import ConfigError, one_line
+from bagrepro.core.recipe import TrainRecipe
 
 
 @dataclass

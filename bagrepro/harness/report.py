@@ -3,7 +3,7 @@
 Self-contained (figures embedded as PNG data URIs, no external resource), readable offline in any
 browser. Per experiment: what it tests, its figures, and a table with ours, the reference value and
 its source (the paper's section, figure or table, the reproducibility report, torchvision's
-documentation: :mod:`bagrepro.paper`) and the difference wherever a source has a number; an
+documentation: :mod:`bagrepro.core.paper`) and the difference wherever a source has a number; an
 experiment that has not run shows as not run. A provenance block lists profile, models and weights (with hashes), data, seed, commit, packages,
 device and wall time per experiment, read from the CSV sidecars.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paper
-from .atomic import atomic_path
-from .contrasts import contrasts
-from .metrics import proportion_interval
+from bagrepro.core import paper
+from bagrepro.core.atomic import atomic_path
+from bagrepro.harness.contrasts import contrasts
+from bagrepro.core.metrics import proportion_interval
 
 COMPARISON_COLUMNS = ("metric", "ours", "ours_low", "ours_high", "reference", "source", "difference",
                       "reference_vs_ours")
@@ -30,7 +30,7 @@ COMPARISON_COLUMNS = ("metric", "ours", "ours_low", "ours_high", "reference", "s
 def comparison(frame: pd.DataFrame, ids: list[str], metric: str, ours: str, reference: str) -> pd.DataFrame:
     """A report table: id columns, the metric's name, ours with its 95 % interval (the summary's
     ``<ours>_low`` / ``<ours>_high`` columns; NaN where it has none), the reference value (the
-    summary's ``reference`` column, from :mod:`bagrepro.paper`) and its ``source`` (the summary's
+    summary's ``reference`` column, from :mod:`bagrepro.core.paper`) and its ``source`` (the summary's
     ``<reference>_source`` column: "paper, Fig. 1B", "torchvision docs (IMAGENET1K_V1)", ...; empty
     where there is no reference), ours - reference, and whether the reference lies inside our interval."""
     table = frame[ids].copy()
@@ -206,7 +206,7 @@ def _training_html(out: Path) -> str:
 
 
 def _contrasts_html(out: Path) -> str:
-    """The paper's findings against this run (:mod:`bagrepro.contrasts`), first on the page."""
+    """The paper's findings against this run (:mod:`bagrepro.harness.contrasts`), first on the page."""
     rows = "".join(
         f"<tr><td>{html.escape(c.finding)}</td><td>{html.escape(c.paper)}</td><td>{html.escape(c.reference_source)}</td>"
         f"<td>{html.escape(c.ours)}</td>"
@@ -224,7 +224,7 @@ def protocol_markdown(experiments, profiles) -> str:
     """``docs/protocol.md``: per experiment, every setting with its default and whose that default is
     (the paper's, with where; ours, with why; mechanics), the values each profile sets, and the open
     choices that are not settings. Made from the code (``run_all.py --protocol``), so it cannot drift."""
-    from .settings import describe, resolve
+    from bagrepro.core.settings import describe, resolve
 
     lines = ["# The protocol: what the paper states, what it leaves open, what we chose", "",
              "Made by `python run_all.py --protocol` from the experiments' `Settings` (each field declares "

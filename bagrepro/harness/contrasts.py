@@ -1,8 +1,8 @@
 """The paper's qualitative findings, checked on a run's CSVs: the first section of the report.
 
-Each finding is a :class:`Contrast`: what the paper found (its numbers from :mod:`bagrepro.paper`),
+Each finding is a :class:`Contrast`: what the paper found (its numbers from :mod:`bagrepro.core.paper`),
 what this run found (computed from the CSVs under ``results/``, every number with its 95 % interval
-from :mod:`bagrepro.metrics`), and a verdict:
+from :mod:`bagrepro.core.metrics`), and a verdict:
 
 - ``agrees``: the sample resolves the effect in the paper's direction;
 - ``not resolved``: the interval holds "no effect" (more images would be needed to tell);
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import paper
-from .metrics import mean_interval, pearson_difference_interval, pearson_interval, proportion_interval, resolution
+from bagrepro.core import paper
+from bagrepro.core.metrics import mean_interval, pearson_difference_interval, pearson_interval, proportion_interval, resolution
 
 AGREES, NOT_RESOLVED, DISAGREES, NOT_RUN, NOT_MEASURABLE = (
     "agrees", "not resolved", "disagrees", "not run", "not measurable here")
@@ -42,7 +42,7 @@ SCRAMBLE_GRID = 4  # the reproducibility report's 4 x 4 tiles
 @dataclass(frozen=True)
 class Contrast:
     """One finding: ``finding`` (the claim), ``paper`` (the reference's words or numbers, from
-    :mod:`bagrepro.paper`), ``ours`` (this run's, with 95 % intervals), ``verdict`` (see the module
+    :mod:`bagrepro.core.paper`), ``ours`` (this run's, with 95 % intervals), ``verdict`` (see the module
     docstring), ``source`` (the CSV it comes from), ``reference_source`` (where ``paper`` is stated:
     "paper, Fig. 1B", "repro report, 15-scene", ...; empty where the row quotes no source)."""
 
@@ -61,7 +61,7 @@ def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
 
 
 def _verdict_of(direction: str, expected: str) -> str:
-    """From :func:`~bagrepro.metrics.resolution` ('above' / 'below' / 'not resolved') and the
+    """From :func:`~bagrepro.core.metrics.resolution` ('above' / 'below' / 'not resolved') and the
     paper's direction to a verdict."""
     if direction == "":
         return NOT_RESOLVED

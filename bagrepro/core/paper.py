@@ -8,7 +8,7 @@ leaves open are labelled "ours" where they are made: the experiments' ``Settings
 report read them here; :func:`reference_values` lists every value with its source, and
 ``tests/test_report.py`` checks that every number the report shows as a reference is one of them.
 
-Keys are the paper's model roles ('bagnet33', 'vgg16', ...), see :data:`bagrepro.profiles.PAPER_ROLES`.
+Keys are the paper's model roles ('bagnet33', 'vgg16', ...), see :data:`bagrepro.harness.profiles.PAPER_ROLES`.
 Accuracies are in percent unless said otherwise.
 """
 
@@ -97,7 +97,7 @@ SCRAMBLED_4X4_REPORT = Sourced(REPRO_REPORT, {name: (test, scrambled) for name, 
 THRESHOLDING_BINARISE_GAP_TOP5 = Sourced(f"{PAPER}, Appendix A.1 (Fig. A.4)", {"low": 3.0, "high": 4.0})
 
 #: the paper's two claims on interactions: qualitative, no number (the report's thresholds for them are
-#: ours: bagrepro.contrasts). The first is paraphrased from Fig. 6C, the second quotes Sec. 5
+#: ours: bagrepro.harness.contrasts). The first is paraphrased from Fig. 6C, the second quotes Sec. 5
 FIG6C_VGG16_CLAIM = Sourced(f"{PAPER}, Fig. 6C", {
     "text": "VGG-16 shows few interactions between image parts more than about 30 px apart"})
 SEC5_DEPTH_CLAIM = Sourced(f"{PAPER}, Sec. 5 (Fig. 6C)", {

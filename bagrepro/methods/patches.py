@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .models.bagnet import BAGNET_STRIDE
+from bagrepro.models.bagnet import BAGNET_STRIDE
 
 
 class RunningTopK:

@@ -1,13 +1,13 @@
 """One run per output folder: a lock file, and the clean-up of what killed runs left behind.
 
-``<out>/.bagrepro.lock`` holds the holder's host, PID and start time (JSON). It is created with
+``<out>/.bagrepro.harness.lock`` holds the holder's host, PID and start time (JSON). It is created with
 ``O_CREAT | O_EXCL`` (atomic on local file systems), removed when the run ends, and taken over when
 it is stale: written on this host by a process that no longer exists (a run killed with -9). A lock
 from another host is never taken over (its process cannot be checked from here): the error says
 which file to remove if that run is gone. Under torchrun the ranks of one run share rank 0's lock.
 
 While the lock is held, the temporary files that killed runs left beside their targets
-(``.<name>.<random>.tmp``, :mod:`bagrepro.atomic`) under ``results/`` and ``figures/`` are removed:
+(``.<name>.<random>.tmp``, :mod:`bagrepro.core.atomic`) under ``results/`` and ``figures/`` are removed:
 no other run can be writing them.
 """
 
@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import TEMP_SUFFIX
-from .errors import ConfigError
+from bagrepro.core.atomic import TEMP_SUFFIX
+from bagrepro.core.errors import ConfigError
 
-LOCK_NAME = ".bagrepro.lock"
+LOCK_NAME = ".bagrepro.harness.lock"
 
 
 def _process_exists(pid: int) -> bool:
@@ -63,7 +63,7 @@ def _is_stale(holder: dict, path: Path) -> bool:
 
 @contextmanager
 def output_lock(out: Path, log=print) -> Iterator[Path]:
-    """Hold ``<out>/.bagrepro.lock`` for the block; ConfigError naming the holder if another live
+    """Hold ``<out>/.bagrepro.harness.lock`` for the block; ConfigError naming the holder if another live
     run has it. A stale lock is taken over with a line that says so."""
     out = Path(out)
     try:

@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from bagrepro.core.errors import ConfigError
 
 #: L-BFGS iterations of the Gatys synthesis. The paper names L-BFGS but no iteration count; the
 #: number is the authors' released code: leongatys/DeepTextures, ``Example.ipynb`` (the notebook

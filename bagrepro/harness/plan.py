@@ -1,10 +1,10 @@
 """``run_all.py --plan``: what a run would compute, and how long it would take, before computing it.
 
-The ``--plan`` stage itself is :func:`bagrepro.runner.plan_run` (it collects every experiment's
-work with :func:`bagrepro.runner.plan_units`, calibrates with :func:`calibrate`, prints).
+The ``--plan`` stage itself is :func:`bagrepro.harness.stages.plan_run` (it collects every experiment's
+work with :func:`bagrepro.harness.stages.plan_units`, calibrates with :func:`calibrate`, prints).
 
 Every experiment declares ``plan(ctx) -> list[Work]``: per model and kind of work, the images and
-the image passes (:mod:`bagrepro.passes` defines a pass; ``tests/test_plan.py`` checks each plan
+the image passes (:mod:`bagrepro.core.passes` defines a pass; ``tests/test_plan.py`` checks each plan
 against the passes a smoke run counts). The counts are those of a run with nothing cached: shared
 clean predictions are planned once (by the first experiment in run order that needs them), but a
 heatmap another experiment already cached is planned again, so a whole-profile total is an upper
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import distributed
-from .heatmaps import dense_heatmaps
-from .models import create_model
-from .models.fast import fuse_for_inference
+from bagrepro.harness import distributed
+from bagrepro.methods.heatmaps import dense_heatmaps
+from bagrepro.models import create_model
+from bagrepro.models.fast import fuse_for_inference
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import ConfigError
-from .incremental import IncrementalModel, NotIncremental, report_fallback
+from bagrepro.core.errors import ConfigError
+from bagrepro.methods.incremental import IncrementalModel, NotIncremental, report_fallback
 
 FILLS = ("dc", "zero", "blur")
 SIGNS = ("signed", "positive", "absolute")
@@ -84,7 +84,7 @@ def ranks_from_scores(scores: torch.Tensor) -> torch.Tensor:
     return order.argsort(dim=1)
 
 
-#: how masking curves are computed: 'incremental' (:mod:`bagrepro.incremental`; a model it cannot
+#: how masking curves are computed: 'incremental' (:mod:`bagrepro.methods.incremental`; a model it cannot
 #: trace falls back to 'batched' with one log line) or 'batched' (a full forward pass per (image, step))
 ENGINES = ("incremental", "batched")
 
@@ -124,7 +124,7 @@ def incremental_masking_curves(model, images: torch.Tensor, ranks: torch.Tensor,
                                ) -> torch.Tensor:
     """:func:`masking_curves` by incremental inference: per image the model's maps of step k are
     kept, and step k + 1 recomputes only what its newly masked patch reaches
-    (:class:`bagrepro.incremental.IncrementalModel`). ``lanes`` images step together (default: a
+    (:class:`bagrepro.methods.incremental.IncrementalModel`). ``lanes`` images step together (default: a
     quarter of ``chunk_size``, at least 1: the kept maps of a lane are several times an image's
     activations), and the layers computed whole run on ``chunk_size`` (lane, step) inputs at a time.
     Same arguments and result as :func:`batched_masking_curves`, to float rounding. Raises

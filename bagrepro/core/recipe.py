@@ -1,7 +1,7 @@
 """How a model is trained: one recipe dataclass for the demo zoo and for training on your data.
 
 Torch-free (the demo zoo's table and ``run_all.py --list`` read it without loading torch). The loop
-that follows a recipe is :func:`bagrepro.training.fit`.
+that follows a recipe is :func:`bagrepro.methods.training.fit`.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ classifier would otherwise be read from memory once per step). Memory: the kept 
 (``state_bytes``; VGG-16 at 224 px: about 60 MB per lane) and the boundary copies of the pending steps.
 
 A model the tracer cannot handle raises :class:`NotIncremental`; callers fall back to full forward
-passes (:func:`bagrepro.masking.masking_curves` does so with one log line).
+passes (:func:`bagrepro.methods.masking.masking_curves` does so with one log line).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import types
 import typing
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from bagrepro.core.errors import ConfigError
 
 
 #: the key of a setting's field metadata that says whose value its default is

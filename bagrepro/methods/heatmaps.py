@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .models.bagnet import BAGNET_STRIDE, BagNet, Bottleneck, head_logits
+from bagrepro.models.bagnet import BAGNET_STRIDE, BagNet, Bottleneck, head_logits
 
 ClassSpec = int | list[int] | torch.Tensor | None
 

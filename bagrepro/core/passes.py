@@ -5,12 +5,12 @@ A pass is one image entering the model's first convolution: a forward call, a de
 and an attribution's forward all go through it exactly once per image, whichever entry point they
 use; a backward pass is one image's gradient reaching that convolution's input (gradients,
 Integrated Gradients' steps, texture synthesis; a backward that only needs weight gradients does
-not count). A step of incremental inference (:mod:`bagrepro.incremental`: masking curves, occlusion)
+not count). A step of incremental inference (:mod:`bagrepro.methods.incremental`: masking curves, occlusion)
 counts as one pass per image too: its window enters the first convolution (it calls that module's
 forward pre-hooks), although it costs only a fraction of a full pass. :class:`PassCounter` hooks that convolution of every
 model the run context hands out (the eager model and its inference copy; deep copies an attribution
 method makes keep the hooks), so the counts are what the run really did; the runner writes them into
-every CSV's provenance and ``--plan`` predicts them (:mod:`bagrepro.plan`).
+every CSV's provenance and ``--plan`` predicts them (:mod:`bagrepro.harness.plan`).
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ set: DIR holds ``train/`` and ``val/`` (and optionally ``test/``) ImageFolders w
 folders. Each base model of the zoo (default :data:`FINETUNE_ZOO`: the released BagNets, torchvision's
 V1 VGG-16, ResNet-50, DenseNet-121 and DenseNet-169; any registered model with ``--models``) gets a
 new head for the data's classes and is fine-tuned from its ImageNet weights (``--from-scratch``:
-from random weights) with one :class:`~bagrepro.recipe.TrainRecipe` (default
-:data:`~bagrepro.recipe.FINETUNE_RECIPE`, changed with ``--recipe KEY=VALUE``), by the project's one
-training loop (:func:`bagrepro.training.fit`: progress bar, a checkpoint per epoch, resumable). The
+from random weights) with one :class:`~bagrepro.core.recipe.TrainRecipe` (default
+:data:`~bagrepro.core.recipe.FINETUNE_RECIPE`, changed with ``--recipe KEY=VALUE``), by the project's one
+training loop (:func:`bagrepro.methods.training.fit`: progress bar, a checkpoint per epoch, resumable). The
 trained model of base ``b`` is registered as ``tuned_<b>``; its weights are cached under
 ``cache_dir()/trained/`` keyed by the recipe, the data's fingerprint, the base model and whether it
 started from ImageNet weights. Every experiment then runs on the test split (val when there is no
@@ -16,7 +16,7 @@ test split) with the trained models standing in for their bases' paper roles.
 Training images are decoded once per run into memory at ``image_size / 0.875`` px (shorter side
 resized, centre-cropped square; 256 px for 224), random crops of ``image_size`` for training when
 the recipe says so, centre crops for validation: the same geometry as the models' evaluation
-preprocessing (:func:`~bagrepro.recipe.resized_side`).
+preprocessing (:func:`~bagrepro.core.recipe.resized_side`).
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import settings as settings_schema
-from .cache import cache_dir, config_hash
-from .data.check import find_unreadable
-from .data.imagenet import ImageDataset, balanced_subset, image_folder
-from .data.imagesets import FileImageSet, default_workers
-from .errors import BagreproError, ConfigError, DataError
-from .models import create_model, get_spec, register_model, resolve_model_names, unregister_model
-from .models.preprocess import Preprocess
-from .profiles import PAPER_ROLES, PROFILES, Profile, stand_ins
-from .recipe import FINETUNE_RECIPE, TrainRecipe, resized_side
-from .training import TrainingImages, evaluate, fit, predict, read_record, train_cached
+from bagrepro.core import settings as settings_schema
+from bagrepro.core.cache import cache_dir, config_hash
+from bagrepro.data.check import find_unreadable
+from bagrepro.data.imagenet import ImageDataset, balanced_subset, image_folder
+from bagrepro.data.imagesets import FileImageSet, default_workers
+from bagrepro.core.errors import BagreproError, ConfigError, DataError
+from bagrepro.models import create_model, get_spec, register_model, resolve_model_names, unregister_model
+from bagrepro.models.preprocess import Preprocess
+from bagrepro.harness.profiles import PAPER_ROLES, PROFILES, Profile, stand_ins
+from bagrepro.core.recipe import FINETUNE_RECIPE, TrainRecipe, resized_side
+from bagrepro.methods.training import TrainingImages, evaluate, fit, predict, read_record, train_cached
 
 #: bump when training code changes what it produces: it is part of the cache key
 TRAINING_VERSION = 1
@@ -70,7 +70,7 @@ def tuned_name(base: str) -> str:
 def roles_of(base: str) -> tuple[str, ...]:
     """The paper roles a model trained from ``base`` stands in for: its :data:`FINETUNE_ZOO` entry,
     else the roles some registered profile gives ``base`` itself (the smoke and demo stand-ins),
-    in :data:`~bagrepro.profiles.PAPER_ROLES` order."""
+    in :data:`~bagrepro.harness.profiles.PAPER_ROLES` order."""
     if base in FINETUNE_ZOO:
         return FINETUNE_ZOO[base]
     given = {role for profile in PROFILES.values() for role, name in profile.stand_ins.items() if name == base}
@@ -315,7 +315,7 @@ class TunedZoo:
         _, fresh = train_cached(path, train, model, force=force)
         if not fresh:
             self.log(f"[training] {spec.name}: trained weights from the cache ({path})")
-        return f"trained by bagrepro.tuning on {self.data.root} (fingerprint {self.data.fingerprint}): {path}"
+        return f"trained by bagrepro.harness.tuning on {self.data.root} (fingerprint {self.data.fingerprint}): {path}"
 
     def table(self) -> list[dict]:
         """One row per trained model from the records beside its cached weights (train them first)."""

@@ -52,7 +52,7 @@ Further methods (not in the paper; registered after its four, one line each):
 - ``gradient_shap``: expected gradients over the zero and a seeded noise baseline (captum
   ``GradientShap``), seeded.
 - ``occlusion``: logit drop when a square window is set to 0 (captum ``Occlusion``'s numbers), forward
-  only, by incremental inference (:mod:`bagrepro.incremental`: each occluded input recomputes only
+  only, by incremental inference (:mod:`bagrepro.methods.incremental`: each occluded input recomputes only
   what its window reaches) where the model can be traced, else by captum.
 - ``kernel_shap`` / ``lime``: surrogate linear models on a grid of square cells (captum ``KernelShap`` /
   ``Lime``), seeded, forward only.
@@ -105,8 +105,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import ConfigError
-from .incremental import IncrementalModel, NotIncremental, report_fallback
+from bagrepro.core.errors import ConfigError
+from bagrepro.methods.incremental import IncrementalModel, NotIncremental, report_fallback
 
 
 class MethodNotApplicable(ConfigError):
@@ -751,7 +751,7 @@ def incremental_occlusion(net: nn.Module, images: Tensor, targets: Tensor, windo
     """captum ``Occlusion``'s attribution (baseline 0, a window x window square over all channels,
     moved by ``stride``) by incremental inference: one full pass of the images keeps their maps,
     then every occluded input recomputes only the part of each layer its window reaches
-    (:class:`bagrepro.incremental.IncrementalModel`), ``inputs_per_pass`` at a time.
+    (:class:`bagrepro.methods.incremental.IncrementalModel`), ``inputs_per_pass`` at a time.
 
     images [B, C, H, W], targets [B] -> [B, C, H, W]: per pixel the mean over the windows covering
     it of logit_t(x) - logit_t(x with the window set to 0), the same value in every channel.
