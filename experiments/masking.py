@@ -430,7 +430,7 @@ def plan_notes(ctx: RunContext) -> list[str]:
     spread = measured_spread(ctx.results_dir())
     spreads = (spread,) if spread is not None else ASSUMED_SPREADS
     origin = ("SD measured on this folder's curves" if spread is not None
-              else "SD assumed (no curves here yet; measure it with a small run first)")
+              else "SD assumed (no masking curves of two or more images in this folder; a small run measures it)")
     lines = [f"Table 1 sample size: images for a 95 % interval of a paired difference to exclude 0, "
              f"n = (1.96 SD / difference)^2, per-image {origin}; this run: {settings.num_images} images"]
     for role, bagnet, white, difference in paper_differences(settings.tested_roles):

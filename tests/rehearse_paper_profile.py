@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import run_all  # noqa: E402
-from bagrepro import profiles  # noqa: E402
+from bagrepro.harness import profiles  # noqa: E402
 from bagrepro.models import get_spec, registry  # noqa: E402
 from bagrepro.models.weights import WeightsSpec  # noqa: E402
 from test_paper_rehearsal import save_released_format, write_imagenet_devkit_layout  # noqa: E402
