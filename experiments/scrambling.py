@@ -307,13 +307,14 @@ def report_table(results_dir: Path):
     summary = read_csv(results_dir / "table.csv")
     tiles = summary[summary["method"] == "tiles"]
     texture = summary[summary["method"] == "texture"]
-    in_pct = {f"ours_pct{suffix}": texture[f"{stage}_top5{suffix}"] * 100
-              for stage, suffix in (("manipulated", ""), ("manipulated", "_low"), ("manipulated", "_high"))}
-    parts = [comparison(texture.assign(**in_pct), ["model", "protocol"], "texturised top-5 (%)", "ours_pct",
-                        "paper_texture_top5_pct")]
-    clean_pct = {f"ours_pct{suffix}": texture[f"clean_top5{suffix}"] * 100 for suffix in ("", "_low", "_high")}
-    parts.append(comparison(texture.assign(**clean_pct), ["model", "protocol"], "clean top-5 on the same images (%)",
-                            "ours_pct", "paper_clean_top5_pct"))
+    def top5_pct(stage: str) -> pd.DataFrame:  # the stage's top-5 and its interval, in %, as ``ours_pct``
+        return texture.assign(**{f"ours_pct{suffix}": texture[f"{stage}_top5{suffix}"] * 100
+                                 for suffix in ("", "_low", "_high")})
+
+    parts = [comparison(top5_pct("manipulated"), ["model", "protocol"], "texturised top-5 (%)", "ours_pct",
+                        "paper_texture_top5_pct"),
+             comparison(top5_pct("clean"), ["model", "protocol"], "clean top-5 on the same images (%)", "ours_pct",
+                        "paper_clean_top5_pct")]
     textures_path = results_dir / "textures.csv"
     if textures_path.is_file():
         textures = read_csv(textures_path)
