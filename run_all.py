@@ -172,8 +172,7 @@ def list_everything(recipe_pairs: list[str] | None = None) -> None:
 def protocol_text() -> str:
     """docs/protocol.md as the code has it (every registered experiment, the built-in and demo profiles)."""
     from bagrepro.harness.profiles import PROFILES
-    from bagrepro.harness.report import protocol_markdown
-    from bagrepro.harness.registry import discover_experiments
+    from bagrepro.harness.registry import discover_experiments, protocol_markdown
 
     return protocol_markdown(discover_experiments().values(), list(PROFILES.values()))
 

@@ -56,6 +56,13 @@ class Settings:
     chunk_size: int = mechanics_setting(64)
 
 
+def tested_sizes(side: int, patch_sizes) -> dict[int, tuple[int, float]]:
+    """patch size -> (number of masks, masked share) on ``side`` px images, for the sizes with two or
+    more masks (with one, both sides of eq. 1 are the same number: nothing is tested)."""
+    geometry = {size: (len(separated_masks(side, side, size)), masked_share(side, side, size)) for size in patch_sizes}
+    return {size: shape for size, shape in geometry.items() if shape[0] >= 2}
+
+
 def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
     """LHS and RHS of eq. 1 for one model, every image and patch size."""
     model = ctx.inference_model(name)
@@ -63,15 +70,12 @@ def model_terms(ctx: RunContext, name: str, settings: Settings) -> pd.DataFrame:
     frames = []
     images = ctx.images()
     count = min(settings.num_images, len(images))
+    sizes = tested_sizes(ctx.image_size, settings.patch_sizes)
     for batch, _, ids in ctx.progress(images.subset(range(count)).batches(ctx.batch_size), desc=name, unit="batch"):
         inputs = normalize(batch.to(ctx.device, non_blocking=True))
         with torch.inference_mode():
             leading = model(inputs).argmax(1)
-        for size in settings.patch_sizes:
-            n_masks = len(separated_masks(*inputs.shape[-2:], size))
-            share = masked_share(*inputs.shape[-2:], size)
-            if n_masks < 2:
-                continue  # one mask: both sides are the same number, nothing is tested
+        for size, (n_masks, share) in sizes.items():
             lhs, rhs = interaction_terms(model, inputs, leading, size, settings.fill, settings.chunk_size)
             frames.append(pd.DataFrame({
                 "image_id": ids, "patch_size": size, "min_distance": size, "n_masks": n_masks, "masked_share": share,
@@ -171,9 +175,7 @@ def plan(ctx: RunContext) -> list:
     the clean image, all masks at once and each mask alone."""
     settings = ctx.settings
     count = min(settings.num_images, len(ctx.images()))
-    size = ctx.image_size
-    masks = [len(separated_masks(size, size, patch)) for patch in settings.patch_sizes]
-    per_image = 1 + sum(2 + m for m in masks if m >= 2)
+    per_image = 1 + sum(2 + masks for masks, _ in tested_sizes(ctx.image_size, settings.patch_sizes).values())
     return [Work(name, "eq. 1 terms", count, count * per_image) for name in ctx.model_names]
 
 

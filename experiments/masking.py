@@ -212,17 +212,16 @@ def comparisons(curves: pd.DataFrame, bagnet_methods=BAGNET_ROLES) -> pd.DataFra
                 pair = by_method[[bagnet, white]].dropna().to_numpy()  # [N, 2]: the images both have
                 differences = pair[:, 0] - pair[:, 1]
                 low, high = mean_interval(differences)
-                bagnet_paper, white_paper = (table1_reference(role, method, images["k"].iloc[0])
-                                             for method in (bagnet, white))
+                paper_difference = (paper.table1_difference(role, bagnet, white)
+                                    if int(images["k"].iloc[0]) == paper.TABLE1_STEPS else None)
                 rows.append({
                     "model": model, "role": role, "k": images["k"].iloc[0], "bagnet_method": bagnet,
                     "white_box_method": white, "n_images": len(pair), "bagnet_p": pair[:, 0].mean(),
                     "white_box_p": pair[:, 1].mean(), "bagnet_minus_white_box": differences.mean(),
                     "bagnet_minus_white_box_low": low, "bagnet_minus_white_box_high": high,
                     "resolved": resolution(low, high),
-                    "paper_bagnet_minus_white_box": (np.nan if bagnet_paper is None or white_paper is None
-                                                     else round(bagnet_paper - white_paper, 3)),
-                    "paper_bagnet_minus_white_box_source": ("" if bagnet_paper is None or white_paper is None
+                    "paper_bagnet_minus_white_box": np.nan if paper_difference is None else paper_difference,
+                    "paper_bagnet_minus_white_box_source": ("" if paper_difference is None
                                                             else paper.TABLE1_DIFFERENCE_SOURCE),
                 })
     return pd.DataFrame(rows, columns=columns)
@@ -401,7 +400,7 @@ def paper_differences(roles) -> list[tuple[str, str, str, float]]:
             continue
         bagnet = min(BAGNET_ROLES, key=row.get)
         white = min((m for m in paper.TABLE1_METHODS if m not in BAGNET_ROLES), key=row.get)
-        found.append((role, bagnet, white, round(row[bagnet] - row[white], 3)))
+        found.append((role, bagnet, white, paper.table1_difference(role, bagnet, white)))
     return found
 
 
@@ -435,7 +434,7 @@ def plan_notes(ctx: RunContext) -> list[str]:
              f"n = (1.96 SD / difference)^2, per-image {origin}; this run: {settings.num_images} images"]
     for role, bagnet, white, difference in paper_differences(settings.tested_roles):
         needed = ", ".join(f"SD {sd:.3g}: {images_to_resolve(difference, sd)}" for sd in spreads)
-        lines.append(f"  {role}: {bagnet} - {white} = {difference:+.3f} (paper, Table 1) -> n = {needed}")
+        lines.append(f"  {role}: {bagnet} - {white} = {difference:+.3f} ({paper.TABLE1.source}) -> n = {needed}")
     return lines
 
 

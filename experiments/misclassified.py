@@ -3,13 +3,15 @@ get wrong, explained by BagNet-33's evidence for the true and for the predicted 
 
 Per image: BagNet-33's exact heatmaps of the true class and of its predicted class, the 3 most
 predictive native patches of each (highest patch logit), and both models' probabilities of the same
-classes: the true class, BagNet-33's prediction and VGG-16's prediction. Selection: a seeded choice among the images both models misclassify (top-1), from the
+classes: the true class, BagNet-33's prediction and VGG-16's prediction. Selection: a seeded choice
+among the images both models misclassify (top-1), from the
 accuracy experiment's units (reused).
 
 Writes ``results/misclassified/images.csv`` (image_id, true class, each model's prediction and its
 probabilities of the true and predicted classes, both classes' names), ``patches.csv`` (image_id,
 class kind, rank, row, col, logit, class name), ``probabilities.csv`` (image_id, model, class_kind:
-'true' / 'bagnet33 predicted' / 'vgg16 predicted', class, probability, class_name) and ``panels.npz`` (images and heatmaps for the figure).
+'true' / 'bagnet33 predicted' / 'vgg16 predicted', class, probability, class_name) and
+``panels.npz`` (images and heatmaps for the figure).
 """
 
 from __future__ import annotations

@@ -93,6 +93,10 @@ def texturer(ctx: RunContext) -> str | None:
     return None
 
 
+#: image i of a run with seed s starts its texture from noise seeded s * stride + i
+TEXTURE_SEED_STRIDE = 1_000_003
+
+
 def textures(ctx: RunContext, settings: Settings, store, texturer: str | None) -> dict:
     """Texturised versions of the first ``texture_images`` images (computed once, kept in the unit
     store as the arrays of the unit ``textures__<texturer>``): images [N, 3, H, W], labels [N], ids,
@@ -126,10 +130,6 @@ def textures(ctx: RunContext, settings: Settings, store, texturer: str | None) -
     return {"images": torch.from_numpy(arrays["images"]), "labels": torch.from_numpy(arrays["labels"]),
             "ids": arrays["ids"].tolist(), "loss": arrays["loss"], "initial_loss": arrays["initial_loss"],
             "iterations": arrays["iterations"]}
-
-
-#: image i of a run with seed s starts its texture from noise seeded s * stride + i
-TEXTURE_SEED_STRIDE = 1_000_003
 
 
 def texture_table(texture_set: dict, texturer: str | None, settings: Settings) -> pd.DataFrame:

@@ -10,7 +10,6 @@ from torch import nn
 
 import run_all
 from bagrepro.core.metrics import error_consistency, top_k_hits
-from bagrepro.models import create_model
 from bagrepro.methods.scrambling import scramble_tiles
 from experiments import scrambling
 from experiments.error_distribution import PAIRS, compare, distinct_pairs

@@ -96,6 +96,10 @@ SCRAMBLED_4X4_REPORT = Sourced(REPRO_REPORT, {name: (test, scrambled) for name, 
 #: Appendix A.1 (Fig. A.4): the best binarisation threshold stays within 3-4 % top-5 of the unmodified BagNet-33
 THRESHOLDING_BINARISE_GAP_TOP5 = Sourced(f"{PAPER}, Appendix A.1 (Fig. A.4)", {"low": 3.0, "high": 4.0})
 
+#: eq. 1 (Fig. 6): exact for a bag-of-local-features model whose masks lie more than q px apart
+EQ1_CLAIM = Sourced(f"{PAPER}, eq. 1 (Fig. 6)", {
+    "text": "eq. 1 holds exactly for a BagNet-q when the masks are more than q px apart"})
+
 #: the paper's two claims on interactions: qualitative, no number (the report's thresholds for them are
 #: ours: bagrepro.harness.contrasts). The first is paraphrased from Fig. 6C, the second quotes Sec. 5
 FIG6C_VGG16_CLAIM = Sourced(f"{PAPER}, Fig. 6C", {
@@ -151,6 +155,12 @@ RUNTIME_RATIO_SOURCE = f"{RUNTIME_IMAGES_PER_S.source} (155 / 570 images/s)"
 def table1_value(role: str | None, method: str) -> float | None:
     """The paper's Table 1 entry for a tested model role and a heatmap method, or None."""
     return TABLE1.get(role, {}).get(method) if isinstance(role, str) else None
+
+
+def table1_difference(role: str | None, method: str, other: str) -> float | None:
+    """Table 1's ``method`` minus ``other`` for a tested model role, to the table's 3 decimals, or None."""
+    a, b = table1_value(role, method), table1_value(role, other)
+    return None if a is None or b is None else round(a - b, 3)
 
 
 #: the source printed beside a difference of two Table 1 entries

@@ -94,14 +94,15 @@ def _paired(frame: pd.DataFrame, value: str, model_a: str, model_b: str) -> np.n
     return (wide[model_a] - wide[model_b]).to_numpy(np.float64) if len(wide.columns) == 2 else np.zeros(0)
 
 
-def _accuracy_metric(results: Path) -> str:
+def _accuracy_metric(results: Path, columns) -> str:
     """The metric the accuracy experiment's profile compares ('top5' as the paper; 'top1' where the
-    data has too few classes for top-5 to tell models apart), from its sidecar."""
+    data has too few classes for top-5 to tell models apart), from its sidecar; without one, top-5 if
+    ``columns`` hold ``correct_top5`` / ``top5`` columns, else top-1."""
     path = results / "accuracy" / "predictions.meta.json"
     try:
-        return str(json.loads(path.read_text()).get("accuracy_metric") or "top5")
-    except (OSError, ValueError):  # no sidecar: the paper's metric
-        return "top5"
+        return str(json.loads(path.read_text())["accuracy_metric"])
+    except (OSError, ValueError, KeyError):  # a CSV without its sidecar: the paper's metric where it has it
+        return "top5" if any(str(c).endswith("top5") for c in columns) else "top1"
 
 
 def accuracy_rises_with_q(results: Path) -> Contrast:
@@ -115,9 +116,7 @@ def accuracy_rises_with_q(results: Path) -> Contrast:
     roles = _by_role(predictions) if predictions is not None else {}
     if not all(r in roles for r in ("bagnet9", "bagnet17", "bagnet33")):
         return Contrast(finding, paper_text, "", NOT_RUN, source, reference.source)
-    metric = _accuracy_metric(results)
-    if f"correct_{metric}" not in predictions:  # a CSV without its sidecar: the metric it has
-        metric = "top5" if "correct_top5" in predictions else "top1"
+    metric = _accuracy_metric(results, predictions.columns)
     column, label = f"correct_{metric}", metric.replace("top", "top-")
     parts, verdicts = [], []
     for role in ("bagnet9", "bagnet17", "bagnet33"):
@@ -170,8 +169,7 @@ def exact_beyond_q(results: Path) -> Contrast:
     """Eq. 1 exact beyond q (Fig. 6)."""
     source = "results/interactions/correlation.csv"
     finding = f"Eq. 1 holds exactly for a BagNet when the masks are more than q px apart (Pearson r of LHS and RHS >= {EXACT_R})"
-    paper_text = "eq. 1 holds exactly for a BagNet-q when the masks are more than q px apart"
-    cited = "paper, eq. 1 (Fig. 6)"
+    paper_text, cited = paper.EQ1_CLAIM["text"], paper.EQ1_CLAIM.source
     table = _read(results, "interactions", "correlation.csv")
     terms = _read(results, "interactions", "terms.csv")
     if table is None or terms is None:
@@ -321,25 +319,24 @@ def scrambling_hurts_deep_models_more(results: Path) -> Contrast:
 
 def texturisation_costs_vgg16(results: Path) -> Contrast:
     """Texturised images cost VGG-16 top-5 accuracy (Fig. 5: 90.1 % -> 79.4 %)."""
-    source = "results/scrambling/predictions.csv"
+    source = "results/scrambling/table.csv"
     finding = "VGG-16 loses accuracy on texturised images (Gatys et al. textures: local statistics kept)"
     reference = paper.TEXTURISED_VGG16_TOP5
     paper_text = f"top-5 {reference['clean']:.1f} % clean -> {reference['texture']:.1f} % texturised"
-    predictions = _read(results, "scrambling", "predictions.csv")
-    roles = _by_role(predictions) if predictions is not None else {}
-    if predictions is None or "vgg16" not in roles:
+    table = _read(results, "scrambling", "table.csv")
+    roles = _by_role(table) if table is not None else {}
+    if table is None or "vgg16" not in roles:
         return Contrast(finding, paper_text, "", NOT_RUN, source, reference.source)
-    mine = predictions[predictions["model"] == roles["vgg16"]]
-    metric = _accuracy_metric(results)  # the paper's top-5, or top-1 where top-5 cannot tell (few classes)
-    column, label = f"correct_{metric}", metric.replace("top", "top-")
-    textured = mine[mine["method"] == "texture"].set_index("image_id")[column].astype(float)
-    if textured.empty:
+    rows = table[(table["model"] == roles["vgg16"]) & (table["method"] == "texture")]
+    if rows.empty:
         return Contrast(finding, paper_text, "no texturised images in this run", NOT_RUN, source, reference.source)
-    clean = mine[mine["method"] == "clean"].set_index("image_id")[column].astype(float).reindex(textured.index)
-    drop = (clean - textured).to_numpy(np.float64)
-    low, high = mean_interval(drop)
-    parts = [f"{label} {100 * clean.mean():.1f} % clean -> {100 * textured.mean():.1f} % texturised",
-             f"drop {_interval(100 * drop.mean(), 100 * low, 100 * high, 1)} points (n={len(drop)})"]
+    row = rows.iloc[0]  # the experiment's paired drop over the texturised images, with its interval
+    metric = _accuracy_metric(results, table.columns)  # the paper's top-5, or top-1 where top-5 cannot tell
+    low, high = row[f"drop_{metric}_low"], row[f"drop_{metric}_high"]
+    parts = [f"{metric.replace('top', 'top-')} {100 * row[f'clean_{metric}']:.1f} % clean -> "
+             f"{100 * row[f'manipulated_{metric}']:.1f} % texturised",
+             f"drop {_interval(100 * row[f'drop_{metric}'], 100 * low, 100 * high, 1)} points "
+             f"(n={int(row['n_images'])})"]
     textures = _read(results, "scrambling", "textures.csv")
     if textures is not None and len(textures):
         converged = textures["converged"].astype(bool)

@@ -144,3 +144,28 @@ def check_profile(profile: Profile) -> None:
             raise ConfigError(f"profile '{profile.name}' sets unknown experiment '{name}'; "
                               f"experiments: {', '.join(registry)}")
         experiment_settings(registry[name], profile)
+
+
+def protocol_markdown(experiments, profiles) -> str:
+    """``docs/protocol.md``: per experiment, every setting with its default and whose that default is
+    (the paper's, with where; ours, with why; mechanics), the value each profile sets where it
+    changes it, and the open choices that are not settings. Made from the code
+    (``run_all.py --protocol``), so it cannot drift."""
+    lines = ["# The protocol: what the paper states, what it leaves open, what we chose", "",
+             "Made by `python run_all.py --protocol` from the experiments' `Settings` (each field declares "
+             "whose its default is) and their `open_choices`; `tests/test_settings.py` checks that this page "
+             "is current. *paper, X*: the paper states it in X; *ours*: the paper leaves it open and this is "
+             "our choice, with why; *mechanics*: how the work is done, not what it computes.", ""]
+    for experiment in experiments:
+        lines += [f"## {experiment.name} ({experiment.paper_ref}): {experiment.title}", ""]
+        rows = settings_schema.describe(experiment.settings())
+        if rows:
+            values = {profile.name: dataclasses.asdict(experiment_settings(experiment, profile)) for profile in profiles}
+            lines += ["| setting | default | whose | " + " | ".join(values) + " |", "|---|---|---|" + "---|" * len(values)]
+            for field, _, default, _, whose in rows:
+                changed = [repr(value[field]) if value[field] != default else "" for value in values.values()]
+                lines.append(f"| `{field}` | `{default!r}` | {whose} | " + " | ".join(changed) + " |")
+            lines.append("")
+        lines += [f"- {choice}" for choice in experiment.open_choices]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -4,8 +4,9 @@ Self-contained (figures embedded as PNG data URIs, no external resource), readab
 browser. Per experiment: what it tests, its figures, and a table with ours, the reference value and
 its source (the paper's section, figure or table, the reproducibility report, torchvision's
 documentation: :mod:`bagrepro.core.paper`) and the difference wherever a source has a number; an
-experiment that has not run shows as not run. A provenance block lists profile, models and weights (with hashes), data, seed, commit, packages,
-device and wall time per experiment, read from the CSV sidecars.
+experiment that has not run shows as not run. A provenance block lists profile, models and weights
+(with hashes), data, seed, commit, packages, device and wall time per experiment, read from the CSV
+sidecars.
 """
 
 from __future__ import annotations
@@ -218,36 +219,6 @@ def _contrasts_html(out: Path) -> str:
             "paper's direction; <em>not resolved</em>: its interval holds no effect; <em>disagrees</em>: it resolves "
             "the opposite.</p><table class='contrasts'><thead><tr><th>the finding</th><th>reference</th><th>source</th>"
             f"<th>this run [95 % interval]</th><th>verdict</th><th>from</th></tr></thead><tbody>{rows}</tbody></table>")
-
-
-def protocol_markdown(experiments, profiles) -> str:
-    """``docs/protocol.md``: per experiment, every setting with its default and whose that default is
-    (the paper's, with where; ours, with why; mechanics), the values each profile sets, and the open
-    choices that are not settings. Made from the code (``run_all.py --protocol``), so it cannot drift."""
-    from bagrepro.core.settings import describe, resolve
-
-    lines = ["# The protocol: what the paper states, what it leaves open, what we chose", "",
-             "Made by `python run_all.py --protocol` from the experiments' `Settings` (each field declares "
-             "whose its default is) and their `open_choices`; `tests/test_settings.py` checks that this page "
-             "is current. *paper, X*: the paper states it in X; *ours*: the paper leaves it open and this is "
-             "our choice, with why; *mechanics*: how the work is done, not what it computes.", ""]
-    for experiment in experiments:
-        lines += [f"## {experiment.name} ({experiment.paper_ref}): {experiment.title}", ""]
-        rows = describe(experiment.settings())
-        if rows:
-            names = [profile.name for profile in profiles]
-            lines += ["| setting | default | whose | " + " | ".join(names) + " |",
-                      "|---|---|---|" + "---|" * len(names)]
-            values = {profile.name: dict((field, value) for field, _, _, value, _ in describe(
-                resolve(experiment.settings, profile.overrides(experiment.name), profile.name))) for profile in profiles}
-            for field, _, default, _, whose in rows:
-                changed = [repr(values[name][field]) if values[name][field] != default else "" for name in names]
-                lines.append(f"| `{field}` | `{default!r}` | {whose} | " + " | ".join(changed) + " |")
-            lines.append("")
-        for choice in experiment.open_choices:
-            lines.append(f"- {choice}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
 
 
 STYLE = """
