@@ -147,3 +147,25 @@ def test_a_csv_without_the_interval_columns_is_not_run_not_a_crash(tmp_path):
 def test_every_finding_names_the_paper_and_its_source(finding, tmp_path):
     found = finding(tmp_path / "results")
     assert found.finding and found.paper and found.source.startswith("results/") and found.verdict == NOT_RUN
+
+
+def texture_predictions(lost: int, n: int = 60) -> pd.DataFrame:
+    """VGG-16 right on every clean image and wrong on the first ``lost`` of its n textures."""
+    ids = [f"i{i}" for i in range(n)]
+    clean = pd.DataFrame({"image_id": ids, "method": "clean", "grid": 0, "correct_top1": 1.0, "correct_top5": 1.0})
+    right = (np.arange(n) >= lost).astype(float)
+    texture = pd.DataFrame({"image_id": ids, "method": "texture", "grid": 0, "correct_top1": right,
+                            "correct_top5": right})
+    return pd.concat([clean, texture], ignore_index=True).assign(model="vgg", role="vgg16")
+
+
+def test_texturisation_finding_reads_the_experiments_paired_drop(tmp_path):
+    from experiments.scrambling import table
+
+    results = tmp_path / "results"
+    assert contrasts.texturisation_costs_vgg16(results).verdict == NOT_RUN
+    write(tmp_path, "scrambling", "table.csv", table(texture_predictions(lost=20)))
+    found = contrasts.texturisation_costs_vgg16(results)
+    assert found.verdict == AGREES and "drop 33.3" in found.ours and found.reference_source == "paper, Fig. 5"
+    write(tmp_path, "scrambling", "table.csv", table(texture_predictions(lost=0)))
+    assert contrasts.texturisation_costs_vgg16(results).verdict == NOT_RESOLVED
