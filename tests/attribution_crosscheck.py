@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from bagrepro.methods.attribution import _RELU_CALLS, _prepare, working_copy
+from bagrepro.methods.attribution import RELU_CALLS, prepare, working_copy
 from bagrepro.core.errors import ConfigError
 
 
@@ -22,7 +22,7 @@ def _is_relu_node(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
     if node.op == "call_module":
         return isinstance(gm.get_submodule(node.target), nn.ReLU)
     if node.op == "call_function":
-        return node.target in _RELU_CALLS
+        return node.target in RELU_CALLS
     if node.op == "call_method":
         return node.target in ("relu", "relu_")
     return False
@@ -67,7 +67,7 @@ def captum_deeplift(model: nn.Module, images: Tensor, targets) -> Tensor:
     net = unshare_relus(model)
     with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting forward, backward hooks", category=UserWarning)
-        images, targets = _prepare(images, targets)
+        images, targets = prepare(images, targets)
         result = DeepLift(net, multiply_by_inputs=True).attribute(
             images.requires_grad_(True), baselines=torch.zeros_like(images), target=targets)
     return result.detach().float()
