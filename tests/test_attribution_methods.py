@@ -32,7 +32,13 @@ NEW_METHODS = ("input_x_gradient", "smoothgrad", "guided_backprop", "deconvoluti
                "occlusion", "kernel_shap", "lime", "grad_cam")
 SEEDED = ("smoothgrad", "gradient_shap", "kernel_shap", "lime")
 #: small sample counts: what the counted runs below use
-SMALL = {"ig_steps": 4, "smoothgrad_samples": 3, "shap_samples": 3, "kernel_shap_samples": 10, "lime_samples": 10}
+SMALL = {
+    "ig_steps": 4, "smoothgrad_samples": 3, "shap_samples": 3, "kernel_shap_samples": 10, "lime_samples": 10,
+    # CAM (cams.py):
+    # LRP (lrp.py):
+    # path (path.py):
+    # perturbation (perturbation.py):
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -309,7 +315,7 @@ def test_every_method_runs_counts_its_passes_and_leaves_the_model_alone(architec
         assert result.shape == x.shape and result.dtype == torch.float32, method
         assert torch.isfinite(result).all() and result.abs().sum() > 0, method
         counted = counter.as_dict()[name]
-        assert get_attribution(method).passes_for(2, image_size=side, **SMALL) == (
+        assert get_attribution(method).passes_for(2, image_size=side, model=model, **SMALL) == (
             counted["forward"], counted["backward"]), method
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert [(type(m), m.training, getattr(m, "inplace", None)) for m in model.modules()] == flags

@@ -35,6 +35,7 @@ from bagrepro.methods.attribution.registry import (  # noqa: F401
     FAMILIES,
     IMAGE_SIZE,
     METHODS,
+    MODEL,
     NEEDS,
     PAPER_METHODS,
     AttributionMethod,

@@ -114,7 +114,8 @@ class AttributionMethod:
         ``run_all.py --plan``; checked against a counted run by ``tests/test_plan.py`` and
         ``tests/test_attribution_methods.py``. ``options`` also holds the reserved entry
         ``"image_size"``: (height, width) or None, from :meth:`passes_for`, for a cost that depends on
-        it (``occlusion``'s number of windows).
+        it (``occlusion``'s number of windows), and ``"model"``: the model (its architecture: weights
+        may be random) or None, for a cost that depends on it (Score-CAM's number of channels).
     options: ``((name, default), ...)``: the keyword-only parameters of ``compute``, in order.
     needs: what the method needs from the model, a tuple of :data:`NEEDS` keys:
         ``"forward"`` (forward passes only, black-box), ``"gradients"`` (backward passes to the input),
@@ -142,22 +143,26 @@ class AttributionMethod:
         return dict(self.options)
 
     def passes_for(self, images: int, *, image_size: int | tuple[int, int] | None = None,
-                   **options) -> tuple[int, int]:
+                   model: nn.Module | None = None, **options) -> tuple[int, int]:
         """(forward, backward) image passes of one call on ``images`` images with ``options``.
 
-        image_size: the images' side, or (height, width); needed only where the cost depends on it
-        (``occlusion``: ConfigError without it), ignored elsewhere.
+        image_size: the images' side, or (height, width); model: the model (random weights do: only
+        its architecture counts). Each is needed only where the cost depends on it (``occlusion``
+        on the size, Score-CAM on the model: ConfigError without it), ignored elsewhere.
         """
         if image_size is not None:
             image_size = ((int(image_size),) * 2 if isinstance(image_size, int)
                           else tuple(int(side) for side in image_size))
-        return self.cost(images, {**self.defaults, **_options_for(self, options), IMAGE_SIZE: image_size})
+        return self.cost(images, {**self.defaults, **_options_for(self, options), IMAGE_SIZE: image_size,
+                                  MODEL: model})
 
 
 _REGISTRY: dict[str, AttributionMethod] = {}
 
-#: the reserved entry of a cost function's options: the images' (height, width), or None
+#: the reserved entries of a cost function's options: the images' (height, width), or None; the
+#: model (an ``nn.Module``), or None
 IMAGE_SIZE = "image_size"
+MODEL = "model"
 
 
 def _declared_options(name: str, compute: Callable) -> tuple[tuple[str, Any], ...]:
@@ -165,9 +170,9 @@ def _declared_options(name: str, compute: Callable) -> tuple[tuple[str, Any], ..
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     options = [p for p in params if p.kind is p.KEYWORD_ONLY]
     if (len(positional) != 3 or len(positional) + len(options) != len(params)
-            or any(p.default is p.empty for p in options) or any(p.name == IMAGE_SIZE for p in options)):
+            or any(p.default is p.empty for p in options) or any(p.name in (IMAGE_SIZE, MODEL) for p in options)):
         raise ConfigError(f"attribution method {name!r}: the signature must be (net, images, targets, *, "
-                          f"option=default, ...), no option named {IMAGE_SIZE!r} (reserved), "
+                          f"option=default, ...), no option named {IMAGE_SIZE!r} or {MODEL!r} (reserved), "
                           f"got {compute.__name__}{inspect.signature(compute)}")
     return tuple((p.name, p.default) for p in options)
 
