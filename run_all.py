@@ -42,8 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "experiment, the extensions beyond the paper too (attribution_truth)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="zoo names or globs (default: the profile's)")
-    parser.add_argument("--register-models", action="append", default=[], metavar="FILE.py",
-                        help="a Python file of @register_model entries (your own models), repeatable")
+    parser.add_argument("--plugin", "--register-models", dest="plugins", action="append", default=[],
+                        metavar="FILE.py",
+                        help="a Python file that registers your models (register_model), attribution methods "
+                             "(register_attribution) and/or experiments (register_experiment), repeatable; "
+                             "--register-models is an alias")
     parser.add_argument("--data", help="image folder: ImageNet validation (any common layout) or your ImageFolder")
     parser.add_argument("--classes", type=int, nargs="+", metavar="INDEX",
                         help="class indices for the class-wise figures (top_patches); default: a seeded choice")
@@ -180,12 +183,12 @@ def protocol_text() -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        from bagrepro.models import register_models_from_file
+        from bagrepro.harness.plugins import describe, load_plugin
         from bagrepro.harness.sources import RunOptions
         from bagrepro.harness.stages import run_stages
 
-        for path in args.register_models:
-            print(f"registered {', '.join(register_models_from_file(path))} from {path}")
+        for path in args.plugins:
+            print(f"registered {describe(load_plugin(path))} from {path}")
         if args.protocol:
             print(protocol_text(), end="")
             return 0

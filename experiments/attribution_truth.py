@@ -39,8 +39,11 @@ with ``--experiment all``, not in a plain run (``Experiment.in_default_run``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import hashlib
+import inspect
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,9 +64,11 @@ from bagrepro.methods.ground_truth import (
     top_fraction_overlap,
 )
 from bagrepro.methods.heatmap_cache import cached_heatmaps
+from bagrepro.methods.proxies import (CURVE_PROXIES, PATCH_DELETION, curve_passes, deletion_passes,
+                                      deletion_scores, window_deletion_drops)
 from bagrepro.methods.heatmaps import patch_logits
 from bagrepro.core.metrics import mean_interval, resolution
-from bagrepro.models import get_spec
+from bagrepro.models import create_model, get_spec
 from bagrepro.harness.plan import Work
 from bagrepro.harness.plotting import draw_heatmap, error_bars, new_figure, save_figure
 from bagrepro.harness.predictions import clean_predictions, clean_work
@@ -74,13 +79,20 @@ from bagrepro.harness.context import RunContext
 from bagrepro.core.settings import mechanics_setting, our_setting
 
 RANDOM = "random"
-HIGHER_IS_BETTER = {**PART_A_METRICS, **PART_B_METRICS}
+#: Part C: each proxy's score of a map -> whether higher is better (the proxy's own verdict)
+PART_C_METRICS = {PATCH_DELETION: True, **{proxy: entry[2] for proxy, entry in CURVE_PROXIES.items()}}
+HIGHER_IS_BETTER = {**PART_A_METRICS, **PART_B_METRICS, **PART_C_METRICS}
+#: Part C: the single-window deletion drops against the exact patch logits, per image (Spearman r);
+#: not a score of a method (every unit of a BagNet writes the same value), so not ranked
+DROPS_VS_EXACT = "drops_vs_exact"
 METRIC_LABELS = {
     "spearman": "Spearman r with the exact patch logits", "top10_overlap": "top-10 % window overlap",
     "deletion_gap": "deletion area above the exact order (logits)",
     "deletion_gap_normalised": "deletion gap (0 exact, 1 worst order)",
     "relevance_mass": "relevance mass in the evidence mask", "relevance_rank": "relevance rank accuracy",
     "pointing_game": "pointing game",
+    PATCH_DELETION: "Spearman r with single-window deletion drops",
+    **{proxy: entry[3] for proxy, entry in CURVE_PROXIES.items()},
 }
 PER_IMAGE_COLUMNS = ["part", "model", "role", "method", "image_id", "metric", "value", "note"]
 
@@ -93,6 +105,12 @@ class Settings:
     exact dense heatmaps enter Part B as black-box maps; random_baseline: score a random map too
     (the floor every method should beat); top_fraction: the share of windows in the top overlap;
     batch_size: images per attribution call (memory, not results).
+
+    options: further registry options as (name, value) pairs (e.g. ``(("xrai_steps", 8),)``: a
+    method's option without a field here, a plugin method's); references: how many images of the
+    profile's set that are not scored form the dataset baseline of the methods that take one
+    (``references``: Expected Gradients, DeepLiftShap); proxies: compute Part C on every BagNet;
+    proxy_steps: the 8 x 8 px patches Part C's curves mask.
 
     The method options below are None by default: each method then keeps the default its registry
     entry documents (the values its paper or captum recommends); a profile lowers them to fit its
@@ -119,8 +137,17 @@ class Settings:
     occlusion_stride: int | None = our_setting(None, "None: the method's registry default (its paper's or captum's, in its docstring)")
     cell: int | None = our_setting(None, "None: the method's registry default (its paper's or captum's, in its docstring)")
     perturbations_per_eval: int | None = mechanics_setting(None)
+    options: tuple[Any, ...] = our_setting(
+        (), "none: every other registry option (a plugin method's too) keeps its method's default")
+    references: int = our_setting(16, "the dataset baseline of expected_gradients / deeplift_shap: 16 images "
+                                      "of the profile's set that are not scored")
+    proxies: bool = our_setting(True, "Part C: the deletion proxies on every BagNet")
+    proxy_steps: int = our_setting(16, "Part C's curves mask 16 patches of 8x8 px (the demo's masking steps)")
 
     def __post_init__(self):
+        if not all(isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)
+                   for pair in self.options):
+            raise ConfigError(f"options must be (name, value) pairs, got {self.options!r}")
         for method in (*(self.methods or ()), *self.left_out):
             attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
         if not 0 < self.top_fraction <= 1:
@@ -137,10 +164,12 @@ class Settings:
         methods = attribution.attribution_methods() if self.methods is None else self.methods
         return [method for method in methods if method not in self.left_out]
 
-    def method_options(self) -> dict[str, int]:
-        """The options set here (not None), by the registry's option names."""
-        return {field.name: getattr(self, field.name) for field in fields(self)
-                if field.name in OPTION_FIELDS and getattr(self, field.name) is not None}
+    def method_options(self) -> dict[str, Any]:
+        """The options set here (not None), by the registry's option names: the fields of
+        :data:`OPTION_FIELDS`, then ``options``' (name, value) pairs."""
+        named = {field.name: getattr(self, field.name) for field in fields(self)
+                 if field.name in OPTION_FIELDS and getattr(self, field.name) is not None}
+        return {**named, **dict(self.options)}
 
 
 OPTION_FIELDS = ("ig_steps", "smoothgrad_samples", "shap_samples", "kernel_shap_samples", "lime_samples",
@@ -169,8 +198,27 @@ def unit_plan(ctx: RunContext, settings: Settings) -> dict[str, tuple[str, str]]
         for method in methods:
             part_a = get_spec(name).is_bagnet and method not in settings.black_box
             if part_a or masks:
-                units[f"{name}__{method}"] = (name, method)
+                units[f"{name}__{method}{_code_tag(method)}"] = (name, method)
     return units
+
+
+def _code_tag(method: str) -> str:
+    """'' for the package's methods; for one registered outside it (a plugin, a notebook) a short hash
+    of its source, so that editing the method recomputes its units instead of resuming stale ones."""
+    if method not in attribution.attribution_methods() or attribution.get_attribution(method).family != "your method":
+        return ""
+    compute = attribution.get_attribution(method).compute
+    try:
+        source = inspect.getsource(compute)
+    except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+        source = compute.__code__.co_code.hex()
+    return "__" + hashlib.sha1(source.encode()).hexdigest()[:8]
+
+
+def unit_config(settings: Settings) -> Settings:
+    """What determines a unit's numbers: the settings without the choice of methods (``methods``,
+    ``left_out`` select units, so adding a method reuses every finished one)."""
+    return replace(settings, methods=None, left_out=())
 
 
 def method_maps(ctx: RunContext, name: str, method: str, settings: Settings, inputs: torch.Tensor,
@@ -184,9 +232,22 @@ def method_maps(ctx: RunContext, name: str, method: str, settings: Settings, inp
         return torch.rand(images.shape[0], *images.shape[-2:], generator=generator).to(inputs.device)
     if method in settings.black_box:
         return cached_heatmaps(ctx.inference_model(ctx.role(method)), images, ids, predicted).to(inputs.device)
+    options = settings.method_options()
+    if "references" in attribution.get_attribution(method).defaults:
+        options["references"] = reference_images(ctx, name, settings).to(inputs.device)
     with torch.enable_grad():
-        maps = attribution.attribute(ctx.model(name), inputs, predicted, method, **settings.method_options())
+        maps = attribution.attribute(ctx.model(name), inputs, predicted, method, **options)
     return maps.sum(1)
+
+
+def reference_images(ctx: RunContext, name: str, settings: Settings) -> torch.Tensor:
+    """The dataset baseline [R, 3, H, W] (model ``name``'s input): the ``references`` images that follow
+    the scored ones in the profile's set (from its start where the set is too small)."""
+    images = ctx.images()
+    count = min(settings.num_images, len(images))
+    indices = [(count + i) % len(images) for i in range(settings.references)]
+    batch = torch.cat([batch for batch, _, _ in images.subset(indices).batches(len(indices))])
+    return ctx.model(name).zoo_spec.preprocess.normalize(batch.to(ctx.device))
 
 
 def _rows(part: str, metrics: dict[str, torch.Tensor], ids: list[str]) -> pd.DataFrame:
@@ -195,7 +256,7 @@ def _rows(part: str, metrics: dict[str, torch.Tensor], ids: list[str]) -> pd.Dat
 
 
 def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, predicted_class: pd.Series,
-               examples: dict) -> pd.DataFrame:
+               examples: dict, drops_memo: dict | None = None) -> pd.DataFrame:
     """Per-image scores of one (model, method) unit (Part A on a BagNet, Part B where the images have
     masks) for the model's predicted classes (``predicted_class``: image_id -> class); a method that
     cannot apply to the model gives one row per score of each part saying why (``note``)."""
@@ -220,7 +281,8 @@ def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, pred
         try:
             maps = method_maps(ctx, name, method, settings, inputs, batch, ids, predicted, done)
         except attribution.MethodNotApplicable as error:  # a row per score of each part, saying why
-            scores = {"A": PART_A_METRICS if part_a else {}, "B": PART_B_METRICS if part_b else {}}
+            scores = {"A": PART_A_METRICS if part_a else {}, "B": PART_B_METRICS if part_b else {},
+                      "C": PART_C_METRICS if part_a and settings.proxies else {}}
             return pd.DataFrame([{"part": part, "image_id": "", "metric": metric, "value": math.nan,
                                   "note": str(error)} for part, metrics in scores.items() for metric in metrics])
         maps = maps.detach().float()
@@ -231,6 +293,9 @@ def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, pred
             frames.append(_rows("A", {"spearman": spearman_rows(pooled, truth),
                                       "top10_overlap": top_fraction_overlap(pooled, truth, settings.top_fraction),
                                       "deletion_gap": gap, "deletion_gap_normalised": normalised}, ids))
+            if settings.proxies:
+                frames.append(_rows("C", part_c_scores(model, inputs, predicted, maps, pooled, truth, spec.receptive_field,
+                                                       settings, (name, tuple(ids)), drops_memo), ids))
             if done == 0:
                 examples.update({"image": batch[0].cpu().numpy(), "exact": truth[0].cpu().numpy(),
                                  f"map/{method}": maps[0].cpu().numpy(), f"pooled/{method}": pooled[0].cpu().numpy()})
@@ -248,6 +313,23 @@ def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, pred
     return frame
 
 
+def part_c_scores(model, inputs: torch.Tensor, predicted: torch.Tensor, maps: torch.Tensor, pooled: torch.Tensor,
+                  truth: torch.Tensor, q: int, settings: Settings, key, drops_memo: dict | None) -> dict[str, torch.Tensor]:
+    """Part C for one batch: each proxy's score of the maps [B] (:mod:`bagrepro.methods.proxies`): the
+    maps pooled onto the patch grid against the single-window deletion drops (Spearman r; the drops
+    are the same for every method, so they are computed once per batch and run: ``drops_memo``), the
+    deletion curves in the maps' order, and (:data:`DROPS_VS_EXACT`, the same in every unit) the
+    drops against the exact patch logits ``truth`` [B, rows, cols]."""
+    drops = None if drops_memo is None else drops_memo.get(key)
+    if drops is None:
+        drops = window_deletion_drops(model, inputs, predicted, q)
+        if drops_memo is not None:
+            drops_memo[key] = drops
+    with torch.inference_mode():
+        curves = deletion_scores(model, inputs, predicted, maps, settings.proxy_steps)
+    return {PATCH_DELETION: spearman_rows(pooled, drops), **curves, DROPS_VS_EXACT: spearman_rows(drops, truth)}
+
+
 def _text(column: pd.Series) -> pd.Series:
     """A text column with '' for missing values (a CSV reads an all-empty column back as NaN floats)."""
     return column.astype(object).where(column.notna(), "")
@@ -259,6 +341,7 @@ def summary(per_image: pd.DataFrame) -> pd.DataFrame:
     a (model, method) a method could not apply to keeps its row with ``note`` and NaN numbers."""
     keys = ["part", "model", "role", "method", "metric"]
     rows = []
+    per_image = per_image[per_image["metric"] != DROPS_VS_EXACT]
     for key, group in per_image.groupby(keys, sort=False, dropna=False):
         values = group["value"].to_numpy(dtype=np.float64)
         values = values[~np.isnan(values)]
@@ -274,7 +357,7 @@ def rankings(per_image: pd.DataFrame) -> pd.DataFrame:
     deletion gaps), each against the best: the mean paired difference over the images both have
     (method - best, so <= 0 where higher is better), its 95 % bootstrap interval and ``resolved``
     ('not resolved': the sample cannot tell the method from the best)."""
-    scored = per_image[per_image["value"].notna()]
+    scored = per_image[per_image["value"].notna() & (per_image["metric"] != DROPS_VS_EXACT)]
     rows = []
     for (part, model, role, metric), group in scored.groupby(["part", "model", "role", "metric"], sort=False, dropna=False):
         table = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first")  # [images, methods]
@@ -295,6 +378,61 @@ def rankings(per_image: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: bootstrap resamples of the images for the Kendall tau intervals (seeded: a rerun gives the same)
+TAU_RESAMPLES = 1000
+
+
+def proxy_agreement(per_image: pd.DataFrame, resamples: int = TAU_RESAMPLES, seed: int = 0) -> pd.DataFrame:
+    """Part C's verdict per (BagNet, proxy): how far the proxy's ranking of the methods is from the one
+    the exact truth gives (Part A's Spearman r with the exact patch logits).
+
+    Per image, the methods' proxy scores (negated where lower is better) against their exact scores:
+    ``method_spearman`` (Spearman r over methods; mean and 95 % bootstrap interval over images). Over
+    the images: the methods ranked by mean proxy score against them ranked by mean exact score:
+    ``kendall_tau`` with a 95 % bootstrap interval (images resampled, ``resamples`` times, seeded).
+    For ``patch_deletion`` also ``truth_spearman``: the deletion drops themselves against the exact
+    patch logits, per image (mean, interval). The random map is left out (it is no method)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    rows = []
+    values = per_image[per_image["value"].notna() & (per_image["method"] != RANDOM)]
+    for model, group in values.groupby("model", sort=False):
+        exact = group[(group["part"] == "A") & (group["metric"] == "spearman")].pivot_table(
+            index="image_id", columns="method", values="value", aggfunc="first")  # [images, methods]
+        truth = group[group["metric"] == DROPS_VS_EXACT].groupby("image_id")["value"].first()
+        for proxy, higher in PART_C_METRICS.items():
+            table = group[(group["part"] == "C") & (group["metric"] == proxy)].pivot_table(
+                index="image_id", columns="method", values="value", aggfunc="first")
+            methods = sorted(set(table.columns) & set(exact.columns))
+            images = sorted(set(table.index) & set(exact.index))
+            if len(methods) < 3 or len(images) < 2:
+                continue
+            proxy_scores = table.loc[images, methods].to_numpy(float) * (1 if higher else -1)
+            exact_scores = exact.loc[images, methods].to_numpy(float)
+            per_image_r = np.array([spearmanr(p, e).statistic for p, e in zip(proxy_scores, exact_scores)])
+            per_image_r = per_image_r[np.isfinite(per_image_r)]
+            r_low, r_high = mean_interval(per_image_r) if len(per_image_r) > 1 else (math.nan, math.nan)
+            tau = kendalltau(np.nanmean(proxy_scores, 0), np.nanmean(exact_scores, 0)).statistic
+            generator = np.random.default_rng(seed)
+            draws = generator.integers(0, len(images), size=(resamples, len(images)))
+            taus = np.array([kendalltau(np.nanmean(proxy_scores[d], 0), np.nanmean(exact_scores[d], 0)).statistic
+                             for d in draws])
+            tau_low, tau_high = np.nanpercentile(taus, [2.5, 97.5])
+            row = {"model": model, "proxy": proxy, "n_images": len(images), "n_methods": len(methods),
+                   "method_spearman": per_image_r.mean() if len(per_image_r) else math.nan,
+                   "method_spearman_low": r_low, "method_spearman_high": r_high,
+                   "kendall_tau": tau, "kendall_tau_low": tau_low, "kendall_tau_high": tau_high,
+                   "truth_spearman": math.nan, "truth_spearman_low": math.nan, "truth_spearman_high": math.nan}
+            if proxy == PATCH_DELETION and len(truth):
+                found = truth.loc[truth.index.intersection(images)].to_numpy(float)
+                found = found[np.isfinite(found)]
+                if len(found):
+                    low, high = mean_interval(found) if len(found) > 1 else (math.nan, math.nan)
+                    row.update(truth_spearman=found.mean(), truth_spearman_low=low, truth_spearman_high=high)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def run(ctx: RunContext) -> None:
     settings = ctx.settings
     if not has_masks(ctx):
@@ -302,15 +440,17 @@ def run(ctx: RunContext) -> None:
     units = unit_plan(ctx, settings)
     if not units:
         raise MissingRoleError("no BagNet in this run and no evidence masks: nothing to score")
-    store = ctx.units(settings)
+    store = ctx.units(unit_config(settings))
     panel_model = example_model(ctx)
     predictions = clean_predictions(ctx, ctx.model_names)  # shared: one forward per image and model
     predicted_class = {name: rows.set_index("image_id")["pred_1"] for name, rows in predictions.groupby("model")}
 
+    drops_memo: dict = {}  # Part C's single-window deletion drops per (BagNet, batch), shared by its units
+
     def compute(unit: str) -> pd.DataFrame:
         name, method = units[unit]
         examples: dict[str, np.ndarray] = {}
-        frame = unit_frame(ctx, name, method, settings, predicted_class[name], examples)
+        frame = unit_frame(ctx, name, method, settings, predicted_class[name], examples, drops_memo)
         frame.insert(1, "model", name)
         frame.insert(2, "role", ctx.profile.role_of(name))
         frame.insert(3, "method", method)
@@ -325,6 +465,8 @@ def run(ctx: RunContext) -> None:
     ctx.write_csv(per_image[["profile", *PER_IMAGE_COLUMNS]], "per_image.csv")
     ctx.write_csv(summary(per_image), "summary.csv")
     ctx.write_csv(rankings(per_image), "rankings.csv")
+    if settings.proxies and (per_image["part"] == "C").any():
+        ctx.write_csv(proxy_agreement(per_image), "proxies.csv")
     examples = {}
     for unit, (name, _) in units.items():
         if name == panel_model:
@@ -376,10 +518,37 @@ def make_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
         axes[0][-1].legend(fontsize=6, loc="best")
         fig.suptitle(f"{title} (mean, 95 % bootstrap interval over images; best on top)", fontsize=9)
         paths += save_figure(fig, figures_dir / f"part{part.lower()}_ranking")
+    if (results_dir / "proxies.csv").is_file():
+        paths += _proxy_figure(read_csv(results_dir / "proxies.csv"), figures_dir)
     examples_path = results_dir / "examples.npz"
     if examples_path.is_file():
         paths += _example_panel(np.load(examples_path), figures_dir)
     return paths
+
+
+def _proxy_figure(proxies: pd.DataFrame, figures_dir: Path) -> list[Path]:
+    """Part C: per proxy, the Kendall tau between the methods' ranking by that proxy and their ranking
+    by the exact patch logits (1: the same order), and the per-image Spearman r over methods; one
+    point per BagNet with its 95 % bootstrap interval over images."""
+    fig, axes = new_figure(1, 2, figsize=(8.5, 0.5 * proxies["proxy"].nunique() + 1.8), squeeze=False)
+    names = list(dict.fromkeys(proxies["proxy"]))
+    bagnets = list(dict.fromkeys(proxies["model"]))
+    offsets = np.linspace(-0.25, 0.25, len(bagnets)) if len(bagnets) > 1 else np.zeros(1)
+    for ax, column, label in ((axes[0][0], "kendall_tau", "Kendall tau: proxy's method ranking vs the exact one"),
+                              (axes[0][1], "method_spearman", "per image: Spearman r over methods")):
+        for offset, model in zip(offsets, bagnets):
+            rows = proxies[proxies["model"] == model].set_index("proxy").reindex(names)
+            ax.errorbar(rows[column], np.arange(len(names)) + offset, xerr=error_bars(rows, column), fmt="o", ms=3,
+                        lw=0.8, capsize=1.5, label=model)
+        ax.axvline(0, color="0.6", lw=0.5)
+        ax.set_yticks(np.arange(len(names)), names, fontsize=7)
+        ax.set_title(label, fontsize=8)
+        ax.set_xlim(-1.05, 1.05)
+        ax.grid(axis="x", lw=0.3)
+    axes[0][1].legend(fontsize=6, loc="best")
+    fig.suptitle("Part C: the deletion proxies other benchmarks use, against the BagNets' exact truth "
+                 "(95 % bootstrap intervals over images)", fontsize=9)
+    return save_figure(fig, figures_dir / "partc_proxies")
 
 
 def _example_panel(examples, figures_dir: Path) -> list[Path]:
@@ -406,10 +575,65 @@ def _example_panel(examples, figures_dir: Path) -> list[Path]:
 
 #: the scores the report shows (the raw deletion gap, in logits, stays in the CSVs: its scale differs per model)
 REPORT_METRICS = ("spearman", "top10_overlap", "deletion_gap_normalised", "relevance_mass", "relevance_rank",
-                  "pointing_game")
+                  "pointing_game", *PART_C_METRICS)
 
 
-def report_table(results_dir: Path) -> pd.DataFrame:
+#: the leaderboard's columns: (part, score) for every model where the part applies
+LEADERBOARD_SCORES = (("A", "spearman"), ("B", "relevance_mass"))
+
+
+def _cell(item, mark: str) -> str:
+    interval = (f"[{item['mean_low']:.2f}, {item['mean_high']:.2f}]" if pd.notna(item["mean_low"])
+                else f"(n = {item['n_images']})")  # one image: no interval
+    return f"{item['mean']:.2f} {interval}{' ' + mark if mark else ''}"
+
+
+def _verdicts(ranked: pd.DataFrame) -> dict:
+    return {(row.part, row.model, row.metric, row.method): "best" if row.rank == 1 else
+            "~ best" if row.resolved == "not resolved" else "" for row in ranked.itertuples()}
+
+
+def leaderboard(results_dir: Path) -> pd.DataFrame:
+    """One row per method, ranked by Part A's Spearman r with the exact patch logits (mean over the
+    BagNets); a column per (part, score, model) of :data:`LEADERBOARD_SCORES`: mean [95 % interval]
+    and 'best' / '~ best' as in :func:`report_table`, 'not applicable' where the method could not apply."""
+    summary_table = read_csv(results_dir / "summary.csv")
+    verdict = _verdicts(read_csv(results_dir / "rankings.csv"))
+    part_a = summary_table[(summary_table["part"] == "A") & (summary_table["metric"] == "spearman")]
+    order = list(part_a.groupby("method", sort=False)["mean"].mean().sort_values(ascending=False).index)
+    order += [m for m in dict.fromkeys(summary_table["method"]) if m not in order]
+    columns = {}
+    for part, metric in LEADERBOARD_SCORES:
+        rows = summary_table[(summary_table["part"] == part) & (summary_table["metric"] == metric)]
+        for model in dict.fromkeys(rows["model"]):
+            cells = {}
+            for item in rows[rows["model"] == model].to_dict("records"):
+                cells[item["method"]] = ("not applicable" if _text(pd.Series([item["note"]])).iloc[0] else
+                                         _cell(item, verdict.get((part, model, metric, item["method"]), "")))
+            columns[f"{part}: {metric}, {model}"] = cells
+    table = pd.DataFrame([{"rank": rank, "method": method, **{column: cells.get(method, "") for column, cells in columns.items()}}
+                          for rank, method in enumerate(order, start=1)])
+    return table
+
+
+def report_table(results_dir: Path) -> list[pd.DataFrame]:
+    """The leaderboard (:func:`leaderboard`), Part C's proxies against the exact truth (proxies.csv,
+    where written), then every score in detail (:func:`score_table`)."""
+    tables = [leaderboard(results_dir)]
+    if (results_dir / "proxies.csv").is_file():
+        proxies = read_csv(results_dir / "proxies.csv")
+        tables.append(pd.DataFrame([{
+            "model": row["model"], "proxy": row["proxy"], "images": row["n_images"], "methods": row["n_methods"],
+            "Kendall tau with the exact ranking": f"{row['kendall_tau']:.2f} [{row['kendall_tau_low']:.2f}, {row['kendall_tau_high']:.2f}]",
+            "per-image Spearman r over methods": f"{row['method_spearman']:.2f} [{row['method_spearman_low']:.2f}, {row['method_spearman_high']:.2f}]",
+            "drops vs exact patch logits (Spearman r)": (f"{row['truth_spearman']:.2f} [{row['truth_spearman_low']:.2f}, "
+                                                         f"{row['truth_spearman_high']:.2f}]" if pd.notna(row["truth_spearman"]) else ""),
+        } for row in proxies.to_dict("records")]))
+    tables.append(score_table(results_dir))
+    return tables
+
+
+def score_table(results_dir: Path) -> pd.DataFrame:
     """The methods ranked per part and score (by their mean over the models, best first), a column per
     model: mean [95 % interval], then 'best', '~ best' where the sample cannot tell the method from
     that model's best (the paired difference's interval holds 0), nothing where it resolves the method
@@ -417,8 +641,7 @@ def report_table(results_dir: Path) -> pd.DataFrame:
     ranked = read_csv(results_dir / "rankings.csv")
     summary_table = read_csv(results_dir / "summary.csv")
     models = list(dict.fromkeys(summary_table["model"]))
-    verdict = {(row.part, row.model, row.metric, row.method): "best" if row.rank == 1 else
-               "~ best" if row.resolved == "not resolved" else "" for row in ranked.itertuples()}
+    verdict = _verdicts(ranked)
     rows = []
     for (part, metric), group in summary_table.groupby(["part", "metric"], sort=False):
         if metric not in REPORT_METRICS:
@@ -433,11 +656,7 @@ def report_table(results_dir: Path) -> pd.DataFrame:
                 elif _text(found["note"]).iloc[0]:
                     row[model] = "not applicable"
                 else:
-                    item = found.iloc[0]
-                    mark = verdict.get((part, model, metric, method), "")
-                    interval = (f"[{item['mean_low']:.2f}, {item['mean_high']:.2f}]" if pd.notna(item["mean_low"])
-                                else f"(n = {item['n_images']})")  # one image: no interval
-                    row[model] = f"{item['mean']:.2f} {interval}{' ' + mark if mark else ''}"
+                    row[model] = _cell(found.iloc[0], verdict.get((part, model, metric, found.iloc[0]["method"]), ""))
             rows.append(row)
     return pd.DataFrame(rows, columns=["part", "score", "method", *models])
 
@@ -453,17 +672,30 @@ def plan(ctx: RunContext) -> list:
     count = min(settings.num_images, len(ctx.images()))
     calls = [min(settings.batch_size, count - start) for start in range(0, count, settings.batch_size)]
     work = clean_work(ctx, ctx.model_names)
+    drops_planned: set[str] = set()
+    architectures: dict[str, torch.nn.Module] = {}
     for unit, (name, method) in unit_plan(ctx, settings).items():
         forward, backward = 0, 0
         if method in settings.black_box:
             work.append(Work(ctx.role(method), f"black-box maps for {name}", count, count, heatmap=count))
         elif method != RANDOM:
             cost = attribution.get_attribution(method)
+            options = settings.method_options()
+            if "references" in cost.defaults:  # only their number counts
+                options["references"] = torch.zeros(settings.references, 3, 1, 1)
+            if name not in architectures:  # random weights: a cost needs the layers only
+                architectures[name] = create_model(name, pretrained=False)
+            architecture = architectures[name]
             for images in calls:
-                f, b = cost.passes_for(images, image_size=ctx.image_size, **settings.method_options())
+                f, b = cost.passes_for(images, image_size=ctx.image_size, model=architecture, **options)
                 forward, backward = forward + f, backward + b
         if get_spec(name).is_bagnet and method not in settings.black_box:
             forward += count + 1  # exact patch logits, and the all-zero window
+            if settings.proxies:  # Part C: the curves; the deletion drops once per BagNet (the first unit)
+                forward += curve_passes(count, settings.proxy_steps)
+                if name not in drops_planned:
+                    drops_planned.add(name)
+                    forward += deletion_passes(count, ctx.image_size, ctx.image_size, get_spec(name).receptive_field)
         work.append(Work(name, f"attribution truth, {method}", count, forward, backward))
     return work
 

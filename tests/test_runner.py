@@ -191,7 +191,7 @@ def test_same_seed_gives_identical_csv(tmp_path):
     (["--profile", "nope"], "unknown profile 'nope'; profiles:"),
     (["--profile", "paper", "--experiment", "accuracy"], "needs --data DIR"),
     (["--profile", "smoke", "--models", "bagnet33", "--experiment", "accuracy"], "has 1000 classes but the data has 10"),
-    (["--register-models", "/nonexistent/models.py"], "model file /nonexistent/models.py does not exist"),
+    (["--register-models", "/nonexistent/models.py"], "plugin file /nonexistent/models.py does not exist"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert run_cli(tmp_path, "--quiet", *args) == 2

@@ -156,7 +156,7 @@ register_profile(Profile(
 
 register_profile(Profile(
     name="custom",
-    description="your models (--models, --register-models) on your images (--data: an ImageNet layout or any "
+    description="your models (--models, --plugin) on your images (--data: an ImageNet layout or any "
                 "ImageFolder); builders load their own weights",
     data="folder",
     models=(),

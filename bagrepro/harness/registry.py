@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True)
 class Experiment:
     """One experiment of the paper. ``paper_ref`` names the figure/table it reproduces; ``question``
-    says in one sentence what it tests; ``report_table(results_dir)`` returns the comparison table
+    says in one sentence what it tests; ``report_table(results_dir)`` returns the comparison table (or a list of tables, shown in order)
     of the report (columns ending in ``ours``, ``paper``, ``difference``; CSVs only), or None.
     ``settings``: a frozen dataclass type whose defaults are the paper's protocol. ``needs``: names
     of experiments whose results this one reuses (they run first when both are selected)."""

@@ -263,7 +263,9 @@ def build_report(out: Path, experiments) -> Path:
         else:
             parts += [_image_tag(png) for png in pngs]
             if experiment.report_table is not None:
-                parts.append(_table_html(experiment.report_table(results)))
+                tables = experiment.report_table(results)
+                for table in (tables if isinstance(tables, (list, tuple)) else [tables]):
+                    parts.append(_table_html(table))
         body.append("\n".join(parts))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>bagrepro report</title>"

@@ -17,8 +17,6 @@ model in eval mode with its :class:`ModelSpec` attached as ``model.zoo_spec``.
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,22 +149,15 @@ def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | 
 
 
 def register_models_from_file(path: str | Path) -> list[str]:
-    """Import a user's Python file that calls :func:`register_model`; return the new names."""
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"model file {path} does not exist")
+    """Import a user's Python file that calls :func:`register_model`; return the new names
+    (ConfigError if it registers none; ``run_all.py --plugin`` accepts files that register
+    attribution methods or experiments too: :func:`bagrepro.harness.plugins.load_plugin`)."""
+    from bagrepro.core.userfiles import import_user_file
+
     before = set(_REGISTRY)
-    module_name = f"bagrepro_user_models_{path.stem}_{abs(hash(str(path)))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except ConfigError:
-        raise
-    except Exception as error:  # a user's file: report where it broke in one line
-        raise ConfigError(f"cannot import model file {path}: {type(error).__name__}: {error}") from error
+    import_user_file(path, "model file")
     added = sorted(set(_REGISTRY) - before)
     if not added:
-        raise ConfigError(f"model file {path} registered no model (use @bagrepro.models.register_model)")
+        raise ConfigError(f"model file {Path(path).expanduser().resolve()} registered no model "
+                          f"(use @bagrepro.models.register_model)")
     return added
