@@ -277,7 +277,7 @@ def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, pred
     for batch, labels, ids in ctx.progress(subset.batches(settings.batch_size), desc=f"{name} {method}", unit="batch"):
         batch = batch.to(ctx.device)
         inputs = model.zoo_spec.preprocess.normalize(batch)
-        predicted = torch.as_tensor(predicted_class.loc[ids].to_numpy(), dtype=torch.long, device=ctx.device)
+        predicted = torch.as_tensor(predicted_class.loc[ids].to_numpy().copy(), dtype=torch.long, device=ctx.device)
         try:
             maps = method_maps(ctx, name, method, settings, inputs, batch, ids, predicted, done)
         except attribution.MethodNotApplicable as error:  # a row per score of each part, saying why
