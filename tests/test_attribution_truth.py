@@ -14,6 +14,7 @@ import pytest
 import run_all
 from bagrepro.methods import attribution
 from bagrepro.harness.profiles import PROFILES, frozen
+from experiments.attribution_truth import HIGHER_IS_BETTER
 
 MODELS = ["demo_bagnet9", "demo_resnet50"]
 METHODS = ("saliency", "integrated_gradients", "occlusion", "grad_cam")
@@ -62,10 +63,25 @@ def test_both_parts_on_the_demo_world(tiny_demo_run, tmp_path):
     for _, group in rankings.groupby(["part", "model", "metric"]):
         assert list(group["rank"]) == list(range(1, len(group) + 1))
         assert group["best"].iloc[0] == group["method"].iloc[0]
-        higher = group["metric"].iloc[0] not in ("deletion_gap", "deletion_gap_normalised")
+        higher = HIGHER_IS_BETTER[group["metric"].iloc[0]]
         means = group["mean"].to_numpy()
         assert (np.diff(means) <= 1e-12).all() if higher else (np.diff(means) >= -1e-12).all()
     assert (tmp_path / "figures" / "attribution_truth" / "partb_ranking.png").is_file()
+    # Part C: the deletion proxies on the BagNet alone, every method and the random map, all images
+    part_c = per_image[per_image["part"] == "C"]
+    assert set(part_c["model"]) == {"demo_bagnet9"} and set(part_c["method"]) == {*METHODS, "random"}
+    assert set(part_c["metric"]) == {"patch_deletion", "morf_deletion", "lerf_deletion", "paper_masking",
+                                     "drops_vs_exact"}
+    assert part_c.groupby(["method", "metric"]).size().eq(SMALL["num_images"]).all()
+    curves = part_c[part_c["metric"].isin(["morf_deletion", "lerf_deletion", "paper_masking"])]["value"]
+    assert curves.between(0, 1).all()  # mean class probabilities
+    # the deletion drops are the same truth estimate in every unit
+    assert part_c[part_c["metric"] == "drops_vs_exact"].groupby("image_id")["value"].nunique().eq(1).all()
+    proxies = pd.read_csv(results / "proxies.csv")
+    assert set(proxies["proxy"]) == {"patch_deletion", "morf_deletion", "lerf_deletion", "paper_masking"}
+    assert (proxies["kendall_tau_low"] <= proxies["kendall_tau_high"]).all()
+    assert proxies["truth_spearman"].notna().sum() == 1  # patch_deletion's drops against the exact logits
+    assert (tmp_path / "figures" / "attribution_truth" / "partc_proxies.png").is_file()
 
 
 def test_a_method_that_cannot_apply_says_why_and_the_others_are_scored(tiny_demo_run, tmp_path, monkeypatch):
@@ -89,7 +105,8 @@ def test_a_method_that_cannot_apply_says_why_and_the_others_are_scored(tiny_demo
     assert per_image["note"].dropna().str.contains("no convolutional block").any()
     report = (tmp_path / "figures" / "report.html").read_text()
     section = report.split('<h2 id="attribution_truth">')[1]
-    assert section.count("<td>not applicable</td>") == 3  # ResNet-50's grad_cam row of each Part B score
+    # ResNet-50's grad_cam in the leaderboard's Part B column and in the row of each Part B score
+    assert section.count("<td>not applicable</td>") == 4
 
 
 def test_finished_units_are_reused_and_give_the_same_csvs(tiny_demo_run, monkeypatch):
