@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true",
                         help="list experiments, profiles and models (with --experiment: its settings), then exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--methods-table", action="store_true",
+                        help="print the README's table of attribution methods (family, library, default settings, "
+                             "passes per image) from the registry, your --plugin methods included, then exit")
     parser.add_argument("--protocol", action="store_true",
                         help="print docs/protocol.md: every setting, whose its default is, each profile's value")
     args = parser.parse_args(argv)
@@ -191,6 +194,11 @@ def main(argv=None) -> int:
             print(f"registered {describe(load_plugin(path))} from {path}")
         if args.protocol:
             print(protocol_text(), end="")
+            return 0
+        if args.methods_table:
+            from bagrepro.harness.registry import methods_markdown
+
+            print(methods_markdown(), end="")
             return 0
         if args.list:
             if args.experiments:

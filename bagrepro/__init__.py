@@ -9,6 +9,8 @@ loads no torch:
   pixel; ``patch_logits(model, images)``: its logits per q x q window, [B, classes, h, w].
 - ``attribute(model, images, targets, method)``: an attribution method of the registry
   (``attribution_methods()``); ``register_attribution``: add your own (a decorator).
+- ``benchmark_attribution(explain, name)``: score your ``explain(model, images, targets) -> maps``
+  with the attribution benchmark beside every registered method; returns its tables (DataFrames).
 - ``load_images(root)``: an ImageNet validation layout or any ImageFolder, as records and labels.
 
 The layers underneath: ``bagrepro.core`` <- ``bagrepro.data``, ``bagrepro.models`` <-
@@ -31,6 +33,7 @@ _PUBLIC = {
     "attribute": "bagrepro.methods.attribution",
     "register_attribution": "bagrepro.methods.attribution",
     "attribution_methods": "bagrepro.methods.attribution",
+    "benchmark_attribution": "bagrepro.harness.benchmark",
     "load_images": "bagrepro.data.imagenet",
 }
 

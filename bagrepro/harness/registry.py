@@ -169,3 +169,20 @@ def protocol_markdown(experiments, profiles) -> str:
         lines += [f"- {choice}" for choice in experiment.open_choices]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def methods_markdown() -> str:
+    """The README's table of attribution methods (``run_all.py --methods-table``; ``tests/test_readme.py``
+    checks the README holds it): per registered method its family, the library that computes it, its
+    default settings (the options that change results; the mechanics ones, which bound memory or seed
+    the draws, are left out: :data:`bagrepro.methods.attribution.MECHANICS_OPTIONS`) and its passes
+    per image."""
+    from bagrepro.methods import attribution
+
+    lines = ["| method | family | library | defaults | passes per image |", "|---|---|---|---|---|"]
+    for name in attribution.attribution_methods():
+        method = attribution.get_attribution(name)
+        defaults = ", ".join(f"{option} {value}" for option, value in method.options
+                             if option not in attribution.MECHANICS_OPTIONS) or "-"
+        lines.append(f"| `{name}` | {method.family} | {method.library} | {defaults} | {method.passes} |")
+    return "\n".join(lines) + "\n"

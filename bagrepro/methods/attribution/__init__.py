@@ -34,6 +34,7 @@ from bagrepro.methods.attribution.registry import (  # noqa: F401
     DEFAULT_IG_BATCH,
     FAMILIES,
     IMAGE_SIZE,
+    MECHANICS_OPTIONS,
     METHODS,
     MODEL,
     NEEDS,

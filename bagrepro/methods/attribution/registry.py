@@ -159,6 +159,11 @@ class AttributionMethod:
 
 _REGISTRY: dict[str, AttributionMethod] = {}
 
+#: options that bound memory or seed the draws without changing what a method estimates (the README's
+#: method table leaves them out of the defaults)
+MECHANICS_OPTIONS = frozenset({"internal_batch_size", "perturbations_per_eval", "seed", "cam_batch_size",
+                               "pair_batch_size"})
+
 #: the reserved entries of a cost function's options: the images' (height, width), or None; the
 #: model (an ``nn.Module``), or None
 IMAGE_SIZE = "image_size"
