@@ -1,4 +1,6 @@
-"""The CAM family: class activation maps of a convolutional layer (Grad-CAM through captum).
+"""The CAM family: class activation maps of a convolutional layer (Grad-CAM through captum; Grad-CAM++,
+XGrad-CAM, Layer-CAM, HiRes-CAM, Score-CAM, Ablation-CAM, Eigen-CAM and FullGrad through
+pytorch-grad-cam, imported when a method runs).
 
 Layouts as everywhere in the package: images [B, 3, H, W] (normalised), targets [B] -> [B, 3, H, W]:
 a CAM is a [B, H, W] map, returned as that map / 3 on each colour channel (the channel sum is the map).
@@ -11,12 +13,13 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from bagrepro.methods.attribution.registry import MethodNotApplicable, register_attribution
+from bagrepro.core.errors import ConfigError
+from bagrepro.methods.attribution.registry import IMAGE_SIZE, MODEL, MethodNotApplicable, positive, register_attribution
 
 register = functools.partial(register_attribution, family="CAM")
 
 
-def gradcam_layer(net: nn.Module, images: Tensor) -> nn.Module:
+def gradcam_layer(net: nn.Module, images: Tensor, method: str = "grad_cam") -> nn.Module:
     """The "last convolutional block" Grad-CAM uses: one forward of ``images`` (without grad) with
     hooks, and the module whose forward finishes last among those that contain an ``nn.Conv2d``
     (themselves or a descendant) and output a 4-D tensor larger than 1 x 1 spatially. torchvision
@@ -34,7 +37,7 @@ def gradcam_layer(net: nn.Module, images: Tensor) -> nn.Module:
         return found
 
     if not mark(net):
-        raise MethodNotApplicable("grad_cam: the model has no convolution (nn.Conv2d)")
+        raise MethodNotApplicable(f"{method}: the model has no convolution (nn.Conv2d)")
     finished: list[nn.Module] = []
 
     def hook(module, _inputs, output):
@@ -49,7 +52,7 @@ def gradcam_layer(net: nn.Module, images: Tensor) -> nn.Module:
         for handle in handles:
             handle.remove()
     if not finished:
-        raise MethodNotApplicable(f"grad_cam: no convolutional block outputs a spatial map larger than 1x1 "
+        raise MethodNotApplicable(f"{method}: no convolutional block outputs a spatial map larger than 1x1 "
                                   f"at {images.shape[-2]}x{images.shape[-1]} px")
     return finished[-1]
 
@@ -74,3 +77,121 @@ def _grad_cam(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
     return (cam / channels).expand(-1, channels, -1, -1).contiguous()
 
 
+
+
+# ---- pytorch-grad-cam ----------------------------------------------------------------------------------------
+#: method name -> (pytorch-grad-cam class, what its channel weights are, its paper)
+GRAD_CAM_LIBRARY = {
+    "grad_cam_plus_plus": ("GradCAMPlusPlus", "second-order gradient weights", "Chattopadhay et al. 2018"),
+    "xgrad_cam": ("XGradCAM", "gradients normalised by the activations' sum", "Fu et al. 2020"),
+    "layer_cam": ("LayerCAM", "the positive gradient per position, not per channel", "Jiang et al. 2021"),
+    "hires_cam": ("HiResCAM", "the gradient times the activation, element-wise", "Draelos & Carin 2020"),
+    "score_cam": ("ScoreCAM", "the softmax over channels of the class score of the input masked by each "
+                              "upsampled, min-max normalised channel (gradient-free)", "Wang et al. 2020"),
+    "ablation_cam": ("AblationCAM", "the class score's drop when each channel is zeroed (gradient-free)",
+                     "Desai & Ramaswamy 2020"),
+    "eigen_cam": ("EigenCAM", "the first principal component of the activations: class-agnostic, the same map "
+                              "for every class", "Muhammad & Yeasin 2020"),
+    "full_grad": ("FullGrad", "input gradient x input plus every convolution's and BatchNorm's bias-gradient "
+                              "map, summed; it ignores the chosen layer", "Srinivas & Fleuret 2019"),
+}
+#: the gradient-free methods that make one pass per channel of the layer, and their library batch
+PER_CHANNEL = {"score_cam": 16, "ablation_cam": 32}
+
+
+def _layer_channels(name: str, options: dict) -> tuple[int, bool]:
+    """The channels of the layer :func:`gradcam_layer` picks on ``options``' model and image size, and
+    whether that layer holds the model's first convolution (Ablation-CAM's ablated passes then start
+    at the layer's output: no image enters the first convolution)."""
+    from bagrepro.core.passes import first_convolution
+
+    model, size = options[MODEL], options[IMAGE_SIZE]
+    if model is None or size is None:
+        raise ConfigError(f"{name}: its passes depend on the model's layer and the image size; pass model and image_size")
+    probe = next(model.parameters())
+    images = torch.zeros(1, 3, *size, dtype=probe.dtype, device=probe.device)
+    layer = gradcam_layer(model.eval(), images, name)
+    seen = []
+    handle = layer.register_forward_hook(lambda _m, _i, output: seen.append(output.shape[1]))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        handle.remove()
+    return seen[-1], any(module is first_convolution(model) for module in layer.modules())
+
+
+def _library_cam_cost(name: str):
+    def cost(images: int, options: dict) -> tuple[int, int]:  # + 1: the layer-finding pass of one image
+        if name == "score_cam":  # the activations' pass, then one per channel and image
+            return images * (1 + _layer_channels(name, options)[0]) + 1, 0
+        if name == "ablation_cam":  # the activations' pass, the clean scores' pass, one per channel and image
+            channels, holds_stem = _layer_channels(name, options)
+            return images * (2 + (0 if holds_stem else channels)) + 1, 0
+        if name == "full_grad":  # its bias gradients and the input gradient: one backward to the input
+            return images + 1, images
+        return images + 1, 0  # one forward; the gradient stops at the layer
+    return cost
+
+
+def library_cam(net: nn.Module, images: Tensor, targets: Tensor, method: str, batch_size: int | None = None) -> Tensor:
+    """pytorch-grad-cam's ``method`` class (:data:`GRAD_CAM_LIBRARY`) on the layer
+    :func:`gradcam_layer` picks (found on the first image: one extra forward), for each image's
+    target class (``ClassifierOutputTarget``), in one call on the batch: its maps, each ReLU'd,
+    min-max normalised to [0, 1] per image and resized to the input (the library's
+    ``scale_cam_image``), [B, H, W] -> returned as map / 3 on each colour channel. ``batch_size``:
+    Score-CAM's and Ablation-CAM's masked inputs per forward pass (the library reads it off the
+    object). Their progress bars are silenced."""
+    import contextlib
+    import io
+
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer = gradcam_layer(net, images[:1], method)
+    cam_class = getattr(pytorch_grad_cam, GRAD_CAM_LIBRARY[method][0])
+    with cam_class(model=net, target_layers=[layer]) as cam, contextlib.redirect_stderr(io.StringIO()):
+        if batch_size is not None:
+            cam.batch_size = batch_size
+        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])  # [B, H, W]
+    maps = torch.as_tensor(maps, dtype=torch.float32, device=images.device)
+    channels = images.shape[1]
+    return (maps[:, None] / channels).expand(-1, channels, -1, -1).contiguous()
+
+
+def _register_library_cam(name: str) -> None:
+    class_name, weights, paper = GRAD_CAM_LIBRARY[name]
+    passes = {"score_cam": "1 + (channels of the layer) forward, no backward",
+              "ablation_cam": "2 + (channels of the layer) forward (0 channels' where the layer holds the stem), no backward",
+              "full_grad": "1 forward + 1 backward"}.get(name, "1 forward; no backward to the input")
+    if name in PER_CHANNEL:
+        def compute(net: nn.Module, images: Tensor, targets: Tensor, *, cam_batch_size: int = PER_CHANNEL[name]) -> Tensor:
+            positive("cam_batch_size", cam_batch_size)
+            return library_cam(net, images, targets, name, cam_batch_size)
+        options = (f" Options: ``cam_batch_size`` = {PER_CHANNEL[name]}, the library's default batch of "
+                   "masked inputs per forward pass (memory only).")
+    elif name == "full_grad":
+        def compute(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+            try:
+                return library_cam(net, images, targets, name)
+            except ValueError as error:  # its bias maps do not line up with the layers' gradients
+                raise MethodNotApplicable(f"full_grad: pytorch-grad-cam's FullGrad cannot pair this model's biases "
+                                          f"with its layers' gradients ({error})") from None
+        options = (" No options. It raises MethodNotApplicable where the library cannot pair the biases with "
+                   "the layers' gradients (it pairs them in module order: the reduced BagNet).")
+    else:
+        def compute(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+            return library_cam(net, images, targets, name)
+        options = " No options: the library's defaults (no test-time augmentation, no eigen-smoothing)."
+    compute.__doc__ = (f"{class_name} ({paper}; pytorch-grad-cam ``{class_name}``): the channels of the layer "
+                       f":func:`gradcam_layer` picks, weighted by {weights}; the library's map per image (ReLU, "
+                       f"min-max normalised to [0, 1], resized to the input), as map / 3 on each colour "
+                       f"channel; one layer-finding pass per call.{options}")
+    compute.__name__ = compute.__qualname__ = f"_{name}"
+    register(name, library=f"pytorch-grad-cam {class_name}", passes=passes + ", and one layer-finding pass per call",
+             needs=("gradients",) if name == "full_grad" else ("conv_layer",),
+             cost=_library_cam_cost(name))(compute)
+
+
+for _name in GRAD_CAM_LIBRARY:
+    _register_library_cam(_name)
