@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from bagrepro.core.errors import ConfigError
-from bagrepro.methods.attribution.registry import attribute, register_attribution, run_method
+from bagrepro.methods.attribution.registry import MethodNotApplicable, attribute, register_attribution, run_method
 from bagrepro.methods.attribution.relu_rules import (ReluWithMultiplier, epsilon_rule, modified_gradient,
                                                      relu_override, rescale_multiplier)
 
@@ -112,3 +112,167 @@ def deeplift_rescale(model: nn.Module, images: Tensor, targets, *, baselines: Te
     (default: zero). Sum of attributions = logit(x) - logit(baseline) when every non-linearity is a
     ReLU (max-pool keeps its gradient: exact only where the reference is constant in each window)."""
     return run_method(model, images, targets, _deeplift_with_baselines, {"baselines": baselines})
+
+
+# ---- zennit's composites -----------------------------------------------------------------------------------
+#: method name -> (zennit composite, its rules)
+ZENNIT_COMPOSITES = {
+    "lrp_epsilon_plus_flat": ("EpsilonPlusFlat", "the flat rule on the first layer, z+ on every other convolution, "
+                                                 "epsilon (1e-6) on the dense layers"),
+    "lrp_epsilon_gamma_box": ("EpsilonGammaBox", "the z-box rule on the first layer (bounds: the pixel range [0, 1] in "
+                                                 "the model's input space), gamma (0.25) on every other convolution, "
+                                                 "epsilon (1e-6) on the dense layers"),
+    "lrp_epsilon_alpha2_beta1": ("EpsilonAlpha2Beta1", "alpha 2, beta 1 on every convolution, epsilon (1e-6) on the "
+                                                       "dense layers"),
+}
+
+
+def _bagnet_canonizers(net: nn.Module):
+    """zennit canonizers for bagrepro's BagNet (zennit ships none for it): every convolution's
+    BatchNorm merged into it (the stem's conv2 + bn1, each block's conv1-3 + bn1-3 and its downsample),
+    and each block's residual addition made a zennit ``Sum`` module (so the composites' Norm rule
+    splits the relevance between the two branches, as zennit's ResNet canonizer does for torchvision's
+    blocks). Written here: an AttributeCanonizer replacing the block's forward with one that keeps its
+    cropping."""
+    from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, NamedMergeBatchNorm
+    from zennit.layer import Sum
+
+    from bagrepro.models.bagnet import Bottleneck
+
+    def block_forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        height, width = out.shape[-2:]
+        out = self.canonizer_sum(torch.stack([out, residual[:, :, :height, :width]], dim=-1))
+        return self.relu(out)
+
+    def attributes(name, module):
+        if isinstance(module, Bottleneck):
+            return {"forward": block_forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    pairs = [(["conv2"], "bn1")]  # the stem: conv1 (1x1) -> conv2 (3x3) -> bn1
+    for name, module in net.named_modules():
+        if isinstance(module, Bottleneck):
+            pairs += [([f"{name}.conv{k}"], f"{name}.bn{k}") for k in (1, 2, 3)]
+            if module.downsample is not None:
+                pairs.append(([f"{name}.downsample.0"], f"{name}.downsample.1"))
+
+    return [CompositeCanonizer([NamedMergeBatchNorm(pairs), AttributeCanonizer(attributes)])]
+
+
+def zennit_canonizers(net: nn.Module, method: str) -> list:
+    """The canonizers for ``net``: zennit's for torchvision's VGG and ResNet, ours for the BagNet
+    (:func:`_bagnet_canonizers`); none for torchvision's DenseNet (zennit has none: its BatchNorm
+    comes before the convolution, through a ReLU, so no merge applies; the composites' layer map then
+    passes relevance through BatchNorm unchanged) or another model without BatchNorm.
+    MethodNotApplicable for another model with BatchNorm (its BatchNorm would be passed through,
+    silently breaking the rules)."""
+    import torchvision
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    from bagrepro.models.bagnet import BagNet
+
+    if isinstance(net, BagNet):
+        return _bagnet_canonizers(net)
+    if isinstance(net, torchvision.models.VGG):
+        return [VGGCanonizer()]
+    if isinstance(net, torchvision.models.ResNet):
+        return [ResNetCanonizer()]
+    if isinstance(net, torchvision.models.DenseNet):
+        return []
+    if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in net.modules()):
+        raise MethodNotApplicable(f"{method}: no zennit canonizer for {type(net).__name__}'s BatchNorm layers "
+                                  f"(zennit's: torchvision VGG, ResNet; ours: BagNet)")
+    return []
+
+
+def _input_bounds(net: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """z-box bounds [1, 3, 1, 1] each: the pixel range [0, 1] in the model's input space (its
+    ``zoo_spec.preprocess`` mean and std), else the batch's per-channel min and max."""
+    spec = getattr(net, "zoo_spec", None)
+    if spec is not None:
+        mean = torch.tensor(spec.preprocess.mean, dtype=images.dtype, device=images.device)[None, :, None, None]
+        std = torch.tensor(spec.preprocess.std, dtype=images.dtype, device=images.device)[None, :, None, None]
+        return (0 - mean) / std, (1 - mean) / std
+    return images.amin((0, 2, 3), keepdim=True), images.amax((0, 2, 3), keepdim=True)
+
+
+def zennit_lrp(net: nn.Module, images: Tensor, targets: Tensor, method: str) -> Tensor:
+    """zennit's ``Gradient`` attributor with the composite of ``method`` (:data:`ZENNIT_COMPOSITES`)
+    and :func:`zennit_canonizers`, the output relevance started at the target logit (one-hot x logit:
+    the input relevance then sums to about the logit, as the paper's eps_lrp does)."""
+    from zennit import composites
+    from zennit.attribution import Gradient
+
+    composite_class = getattr(composites, ZENNIT_COMPOSITES[method][0])
+    canonizers = zennit_canonizers(net, method)
+    if composite_class is composites.EpsilonGammaBox:
+        low, high = _input_bounds(net, images)
+        composite = composite_class(low=low.expand_as(images), high=high.expand_as(images), canonizers=canonizers)
+    else:
+        composite = composite_class(canonizers=canonizers)
+    def start_at_the_logit(output: Tensor) -> Tensor:
+        chosen = torch.nn.functional.one_hot(targets, num_classes=output.shape[1]).to(output)
+        return chosen * output
+
+    with Gradient(model=net, composite=composite) as attributor:
+        _, relevance = attributor(images, start_at_the_logit)
+    return relevance
+
+
+def _register_zennit(name: str) -> None:
+    composite, rules = ZENNIT_COMPOSITES[name]
+
+    def compute(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        return zennit_lrp(net, images, targets, name)
+
+    compute.__doc__ = (f"LRP (Bach et al. 2015) with zennit's ``{composite}`` composite (Anders et al. 2021, "
+                       f"zennit's defaults): {rules}; BatchNorm merged by the canonizers of "
+                       f":func:`zennit_canonizers`; output relevance = the target logit. No options.")
+    compute.__name__ = compute.__qualname__ = f"_{name}"
+    register(name, library=f"zennit {composite}", passes="1 forward + 1 backward", needs=("gradients",))(compute)
+
+
+for _name in ZENNIT_COMPOSITES:
+    _register_zennit(_name)
+
+
+# ---- DeepLiftShap --------------------------------------------------------------------------------------------
+
+def dataset_references(images: Tensor, references: Tensor | None) -> Tensor:
+    """The dataset baseline [R, 3, H, W]: ``references`` (the experiment passes images of the data set
+    that are not scored), or None -> the batch's own images."""
+    chosen = images if references is None else references
+    chosen = chosen.detach().clone().to(images)
+    if chosen.dim() != 4 or chosen.shape[1:] != images.shape[1:]:
+        raise ConfigError(f"references of shape {tuple(chosen.shape)} do not fit images {tuple(images.shape)}")
+    return chosen
+
+
+def _deeplift_shap_cost(images: int, options: dict) -> tuple[int, int]:
+    references = options["references"]
+    count = images if references is None else int(references.shape[0])
+    return count * (images + 1), count * images
+
+
+@register("deeplift_shap", library="bagrepro ReLU rules (= captum DeepLiftShap)",
+          passes="R x (1 forward + 1 backward), and R reference passes per call (R = references)",
+          needs=("gradients",), cost=_deeplift_shap_cost)
+def _deeplift_shap(net: nn.Module, images: Tensor, targets: Tensor, *, references: Tensor | None = None) -> Tensor:
+    """DeepLiftShap (Lundberg & Lee 2017; captum ``DeepLiftShap``): the mean over reference images r of
+    DeepLIFT (rescale rule) with baseline r, each computed by the ReLU override of ``deeplift`` (captum's
+    DeepLift mis-handles a ReLU module called twice, as in torchvision's ResNet blocks, and functional
+    ReLUs, as DenseNet's: module docstring); equal to captum's where captum is right
+    (tests/test_attribution_zennit.py).
+
+    Options: ``references`` = None: the dataset baseline [R, 3, H, W] (:func:`dataset_references`; the
+    benchmark passes images of the data set that it does not score), None -> the batch's own images.
+    """
+    baselines = dataset_references(images, references)
+    total = torch.zeros_like(images)
+    for reference in baselines:  # one DeepLIFT per reference, batched over the images
+        total = total + _deeplift_with_baselines(net, images, targets, reference[None])
+    return total / len(baselines)
