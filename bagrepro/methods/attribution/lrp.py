@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from bagrepro.core.errors import ConfigError
-from bagrepro.methods.attribution.registry import MethodNotApplicable, attribute, register_attribution, run_method
+from bagrepro.methods.attribution.registry import (MethodNotApplicable, attribute, dataset_references,
+                                                   register_attribution, run_method)
 from bagrepro.methods.attribution.relu_rules import (ReluWithMultiplier, epsilon_rule, modified_gradient,
                                                      relu_override, rescale_multiplier)
 
@@ -241,16 +242,6 @@ for _name in ZENNIT_COMPOSITES:
 
 
 # ---- DeepLiftShap --------------------------------------------------------------------------------------------
-
-def dataset_references(images: Tensor, references: Tensor | None) -> Tensor:
-    """The dataset baseline [R, 3, H, W]: ``references`` (the experiment passes images of the data set
-    that are not scored), or None -> the batch's own images."""
-    chosen = images if references is None else references
-    chosen = chosen.detach().clone().to(images)
-    if chosen.dim() != 4 or chosen.shape[1:] != images.shape[1:]:
-        raise ConfigError(f"references of shape {tuple(chosen.shape)} do not fit images {tuple(images.shape)}")
-    return chosen
-
 
 def _deeplift_shap_cost(images: int, options: dict) -> tuple[int, int]:
     references = options["references"]

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from bagrepro.core.errors import ConfigError
-from bagrepro.methods.attribution.registry import (DEFAULT_IG_BATCH, ig_internal_batch_size, positive,
-                                                   register_attribution, seeded_rng)
+from bagrepro.methods.attribution.registry import (DEFAULT_IG_BATCH, dataset_references, ig_internal_batch_size,
+                                                   positive, register_attribution, seeded_rng)
 
 register = functools.partial(register_attribution, family="path")
 
@@ -85,3 +85,33 @@ def _gradient_shap(net: nn.Module, images: Tensor, targets: Tensor, *, shap_samp
                 target=targets[start:start + chunk]))
     return torch.cat(parts)
 
+
+
+@register("expected_gradients", library="captum GradientShap (dataset baselines)",
+          passes="s forward + s backward (s = eg_samples)", needs=("gradients",),
+          cost=lambda images, options: (options["eg_samples"] * images,) * 2)
+def _expected_gradients(net: nn.Module, images: Tensor, targets: Tensor, *, eg_samples: int = 20,
+                        references: Tensor | None = None, internal_batch_size: int | None = None,
+                        seed: int = 0) -> Tensor:
+    """Expected Gradients (Erion et al. 2021): Integrated Gradients averaged over baselines drawn from
+    the data, the mean over s samples of ``(x - b) * grad(b + u (x - b))`` with b drawn from the
+    dataset baseline and u ~ U(0, 1); captum ``GradientShap`` with those baselines and ``stdevs=0``
+    (captum's GradientShap is this estimator; only the baselines differ from ``gradient_shap``).
+
+    Options: ``eg_samples`` = s = 20 (ours, as ``gradient_shap``'s; captum's ``n_samples`` defaults to
+    5), ``references`` = None: the dataset baseline [R, 3, H, W] (the benchmark passes images of the
+    data set it does not score; None -> the batch's own images), ``internal_batch_size`` = None (memory
+    only, as ``gradient_shap``), ``seed`` = 0 (draws inside :func:`seeded_rng`, reseeded per chunk).
+    """
+    from captum.attr import GradientShap
+
+    positive("eg_samples", eg_samples)
+    baselines = dataset_references(images, references)
+    chunk = _shap_images_per_pass(eg_samples, internal_batch_size)
+    parts = []
+    for start in range(0, images.shape[0], chunk):
+        with seeded_rng(seed, images.device):
+            parts.append(GradientShap(net).attribute(
+                images[start:start + chunk], baselines=baselines, n_samples=eg_samples, stdevs=0.0,
+                target=targets[start:start + chunk]))
+    return torch.cat(parts)

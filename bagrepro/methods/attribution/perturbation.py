@@ -187,3 +187,56 @@ def _lime(net: nn.Module, images: Tensor, targets: Tensor, *, cell: int = 16, li
 
     return _surrogate(Lime(net), images, targets, cell, lime_samples, perturbations_per_eval, seed)
 
+
+
+def _cells(options: dict) -> int:
+    size = options[IMAGE_SIZE]
+    if size is None:
+        raise ConfigError("feature_ablation / shapley_value_sampling: their passes depend on the image size; "
+                          "pass image_size")
+    return (-(-size[0] // options["cell"])) * (-(-size[1] // options["cell"]))
+
+
+@register("feature_ablation", library="captum FeatureAblation",
+          passes="1 + (cells) forward, no backward", needs=("forward",),
+          cost=lambda images, options: (images * (1 + _cells(options)), 0))
+def _feature_ablation(net: nn.Module, images: Tensor, targets: Tensor, *, cell: int = 16,
+                      perturbations_per_eval: int = 16) -> Tensor:
+    """Feature ablation (captum ``FeatureAblation``): each square cell of ``cell`` px (all colour
+    channels; :func:`cell_feature_mask`) in turn set to the baseline 0 (the data set's mean colour);
+    every element of the cell gets logit_t(x) - logit_t(x without the cell). One call on the batch:
+    one pass of the images, then one per cell.
+
+    Options: ``cell`` = 16 px (the cells of ``kernel_shap`` and ``lime``), ``perturbations_per_eval``
+    = 16 cells per forward pass (memory only).
+    """
+    from captum.attr import FeatureAblation
+
+    positive("perturbations_per_eval", perturbations_per_eval)
+    mask = cell_feature_mask(*images.shape[-2:], cell, images.device)
+    return FeatureAblation(net).attribute(images, baselines=0.0, target=targets, feature_mask=mask[None, None],
+                                          perturbations_per_eval=perturbations_per_eval)
+
+
+@register("shapley_value_sampling", library="captum ShapleyValueSampling",
+          passes="1 + s x (cells) forward (s = shapley_samples), no backward", needs=("forward",),
+          cost=lambda images, options: (images * (1 + options["shapley_samples"] * _cells(options)), 0))
+def _shapley_value_sampling(net: nn.Module, images: Tensor, targets: Tensor, *, cell: int = 16,
+                            shapley_samples: int = 25, perturbations_per_eval: int = 16, seed: int = 0) -> Tensor:
+    """Shapley value sampling (Castro et al. 2009; captum ``ShapleyValueSampling``): the cells of
+    ``feature_ablation`` added one by one in s random orders, starting from the baseline 0; each cell's
+    value is the mean of its marginal contributions to logit_t, put on every element of the cell.
+
+    Options: ``cell`` = 16 px, ``shapley_samples`` = s = 25 (captum's ``n_samples`` default),
+    ``perturbations_per_eval`` = 16 (memory only), ``seed`` = 0 (the orders drawn inside
+    :func:`seeded_rng`: the same orders for every image, whatever the batch).
+    """
+    from captum.attr import ShapleyValueSampling
+
+    positive("shapley_samples", shapley_samples)
+    positive("perturbations_per_eval", perturbations_per_eval)
+    mask = cell_feature_mask(*images.shape[-2:], cell, images.device)
+    with seeded_rng(seed, images.device):
+        return ShapleyValueSampling(net).attribute(images, baselines=0.0, target=targets,
+                                                   feature_mask=mask[None, None], n_samples=shapley_samples,
+                                                   perturbations_per_eval=perturbations_per_eval)

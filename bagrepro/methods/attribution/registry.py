@@ -306,6 +306,16 @@ def seeded_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
+def dataset_references(images: Tensor, references: Tensor | None) -> Tensor:
+    """The dataset baseline [R, 3, H, W]: ``references`` (the experiment passes images of the data set
+    that are not scored), or None -> the batch's own images."""
+    chosen = images if references is None else references
+    chosen = chosen.detach().clone().to(images)
+    if chosen.dim() != 4 or chosen.shape[1:] != images.shape[1:]:
+        raise ConfigError(f"references of shape {tuple(chosen.shape)} do not fit images {tuple(images.shape)}")
+    return chosen
+
+
 def positive(name: str, value, minimum: float = 1) -> None:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
