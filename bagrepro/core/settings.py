@@ -83,7 +83,7 @@ def _convert(value: Any, hint, where: str):
         if not isinstance(value, (tuple, list)):
             raise ConfigError(f"{where} must be a tuple, got {value!r}")
         item = args[0] if args else Any
-        return tuple(value if item is Any else _convert(v, item, where) for v in value)
+        return tuple(v if item is Any else _convert(v, item, where) for v in value)
     if hint is bool:
         if isinstance(value, bool):
             return value
