@@ -150,7 +150,9 @@ def library_cam(net: nn.Module, images: Tensor, targets: Tensor, method: str, ba
 
     layer = gradcam_layer(net, images[:1], method)
     cam_class = getattr(pytorch_grad_cam, GRAD_CAM_LIBRARY[method][0])
-    with cam_class(model=net, target_layers=[layer]) as cam, contextlib.redirect_stderr(io.StringIO()):
+    # the library prints progress bars (stderr) and FullGrad a warning that it ignores the layer (stdout)
+    with cam_class(model=net, target_layers=[layer]) as cam, contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
         if batch_size is not None:
             cam.batch_size = batch_size
         maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])  # [B, H, W]
