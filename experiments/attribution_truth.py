@@ -2,9 +2,9 @@
 "can serve as diagnostic tools to benchmark feature attribution techniques since ground-truth
 attributions are directly available").
 
-Every attribution method of the registry (:mod:`bagrepro.methods.attribution`: the paper's four and captum's
-other image methods) runs on every model of the run for the class the model predicts, one map per
-(model, method, image), plus a random map as the floor. Two parts score the maps
+Every attribution method of the registry (:mod:`bagrepro.methods.attribution`: the paper's four and
+every family through its library; a ``--plugin`` file's methods too) runs on every model of the run for the class the model predicts, one map per
+(model, method, image), plus a random map as the floor. Three parts score the maps
 (:mod:`bagrepro.methods.ground_truth` defines each score):
 
 - **Part A, exact truth (BagNets).** On each BagNet, the method's map of that BagNet, pooled onto
@@ -17,13 +17,20 @@ other image methods) runs on every model of the run for the class the model pred
   true class, so a map of another class has nothing to find there). The BagNets' exact dense
   heatmaps of the model's predicted class take part as black-box maps.
 
+- **Part C, the deletion proxies against exact truth (BagNets).** The truth estimates other
+  benchmarks use (:mod:`bagrepro.methods.proxies`: single-window deletion as IDSDS, MoRF / LeRF
+  deletion, Fig. 8's masking order) score every method's map on each BagNet; ``proxies.csv`` says,
+  per BagNet and proxy, how the ranking of the methods they give compares with the exact one (Part
+  A's Spearman r): Kendall tau with a bootstrap interval over images, the per-image Spearman r over
+  methods, and for single-window deletion its drops against the exact patch logits.
+
 Writes ``results/attribution_truth/per_image.csv`` (profile, part, model, role, method, image_id,
 metric, value, note: a method that could not apply leaves one row per score with the reason and no
 value), ``summary.csv`` (per part, model, method and metric: n_images, the mean with its 95 %
 bootstrap interval over images ``mean_low/high``, and ``note``: why a method could not apply to a
 model, where it could not), ``rankings.csv`` (per part, model and metric, the methods ranked by
 mean, each against the best one: the mean paired difference over images with its interval and
-whether the sample resolves it) and ``examples.npz`` (one image's maps on one BagNet, for the panel).
+whether the sample resolves it), ``proxies.csv`` (Part C, :func:`proxy_agreement`) and ``examples.npz`` (one image's maps on one BagNet, for the panel).
 
 Units: one per (model, method), resumable and dealt to the ranks under torchrun. Passes per image
 and unit: the method's own passes (the registry's cost), on a BagNet its exact patch logits (1
