@@ -38,8 +38,8 @@ SMALL = {
     "ig_steps": 4, "smoothgrad_samples": 3, "shap_samples": 3, "kernel_shap_samples": 10, "lime_samples": 10,
     # CAM (cams.py):
     # LRP (lrp.py):
-    # path (path.py):
-    # perturbation (perturbation.py):
+    "guided_ig_steps": 3, "blur_ig_steps": 3, "xrai_steps": 2, "eg_samples": 3,  # path (path.py):
+    "shapley_samples": 2,  # perturbation (perturbation.py):
 }
 
 
