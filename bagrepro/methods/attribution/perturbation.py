@@ -202,20 +202,24 @@ def _cells(options: dict) -> int:
           cost=lambda images, options: (images * (1 + _cells(options)), 0))
 def _feature_ablation(net: nn.Module, images: Tensor, targets: Tensor, *, cell: int = 16,
                       perturbations_per_eval: int = 16) -> Tensor:
-    """Feature ablation (captum ``FeatureAblation``): each square cell of ``cell`` px (all colour
-    channels; :func:`cell_feature_mask`) in turn set to the baseline 0 (the data set's mean colour);
-    every element of the cell gets logit_t(x) - logit_t(x without the cell). One call on the batch:
-    one pass of the images, then one per cell.
+    """Feature ablation (captum ``FeatureAblation``; the cell-wise form of Zeiler & Fergus's 2014
+    occlusion, without overlapping windows): each square cell of ``cell`` px (all colour channels;
+    :func:`cell_feature_mask`) in turn set to the baseline 0 (the data set's mean colour in normalised
+    space); every element of the cell gets logit_t(x) - logit_t(x without the cell). One call of
+    ``FeatureAblation.attribute`` on the batch: one pass of the images, then one per cell.
 
-    Options: ``cell`` = 16 px (the cells of ``kernel_shap`` and ``lime``), ``perturbations_per_eval``
-    = 16 cells per forward pass (memory only).
+    Options: ``cell`` = 16 px (ours, because it is the cell of ``kernel_shap`` and ``lime`` and the
+    size of a BagNet-17 patch; captum's default is one feature per element), ``perturbations_per_eval``
+    = 16: at most that many model inputs per forward pass, as for ``occlusion`` (captum's
+    ``perturbations_per_eval`` counts cells per pass, each for every image: there ``max(1, 16 //
+    batch)``; memory and speed only, not results; ours, because captum's default 1 is slow).
     """
     from captum.attr import FeatureAblation
 
     positive("perturbations_per_eval", perturbations_per_eval)
     mask = cell_feature_mask(*images.shape[-2:], cell, images.device)
     return FeatureAblation(net).attribute(images, baselines=0.0, target=targets, feature_mask=mask[None, None],
-                                          perturbations_per_eval=perturbations_per_eval)
+                                          perturbations_per_eval=max(1, perturbations_per_eval // images.shape[0]))
 
 
 @register("shapley_value_sampling", library="captum ShapleyValueSampling",
@@ -223,13 +227,18 @@ def _feature_ablation(net: nn.Module, images: Tensor, targets: Tensor, *, cell: 
           cost=lambda images, options: (images * (1 + options["shapley_samples"] * _cells(options)), 0))
 def _shapley_value_sampling(net: nn.Module, images: Tensor, targets: Tensor, *, cell: int = 16,
                             shapley_samples: int = 25, perturbations_per_eval: int = 16, seed: int = 0) -> Tensor:
-    """Shapley value sampling (Castro et al. 2009; captum ``ShapleyValueSampling``): the cells of
-    ``feature_ablation`` added one by one in s random orders, starting from the baseline 0; each cell's
-    value is the mean of its marginal contributions to logit_t, put on every element of the cell.
+    """Shapley value sampling (Castro, Gomez & Tejada 2009; captum ``ShapleyValueSampling``): the
+    cells of ``feature_ablation`` added one by one, from the baseline 0 (all cells absent), in s random
+    orders; each cell's value is the mean of its marginal contributions to logit_t, put on every
+    element of the cell (a map's channel sum over a cell is 3 x cell area x its Shapley value). The
+    values sum to logit_t(x) - logit_t(0) exactly; on a model linear in the cells they are exact
+    for any s. One pass of the baseline, then one per (order, cell).
 
-    Options: ``cell`` = 16 px, ``shapley_samples`` = s = 25 (captum's ``n_samples`` default),
-    ``perturbations_per_eval`` = 16 (memory only), ``seed`` = 0 (the orders drawn inside
-    :func:`seeded_rng`: the same orders for every image, whatever the batch).
+    Options: ``cell`` = 16 px (ours, as for ``feature_ablation``), ``shapley_samples`` = s = 25
+    (captum's ``n_samples`` default), ``perturbations_per_eval`` = 16 model inputs per forward pass
+    (``max(1, 16 // batch)`` of captum's, as for ``feature_ablation``; memory and speed only),
+    ``seed`` = 0 (ours: the orders are drawn from torch's generator inside :func:`seeded_rng`; one set
+    of orders serves every image of the batch).
     """
     from captum.attr import ShapleyValueSampling
 
@@ -237,6 +246,6 @@ def _shapley_value_sampling(net: nn.Module, images: Tensor, targets: Tensor, *, 
     positive("perturbations_per_eval", perturbations_per_eval)
     mask = cell_feature_mask(*images.shape[-2:], cell, images.device)
     with seeded_rng(seed, images.device):
-        return ShapleyValueSampling(net).attribute(images, baselines=0.0, target=targets,
-                                                   feature_mask=mask[None, None], n_samples=shapley_samples,
-                                                   perturbations_per_eval=perturbations_per_eval)
+        return ShapleyValueSampling(net).attribute(
+            images, baselines=0.0, target=targets, feature_mask=mask[None, None], n_samples=shapley_samples,
+            perturbations_per_eval=max(1, perturbations_per_eval // images.shape[0]))
