@@ -693,6 +693,12 @@ def plan(ctx: RunContext) -> list:
             if name not in architectures:  # random weights: a cost needs the layers only
                 architectures[name] = create_model(name, pretrained=False)
             architecture = architectures[name]
+            if cost.not_applicable(architecture, ctx.image_size) is not None:
+                # the run finds it on the first call: the check's pass of one image, and the all-zero
+                # window on a BagNet, before the method says why; nothing else
+                bagnet = get_spec(name).is_bagnet and method not in settings.black_box
+                work.append(Work(name, f"attribution truth, {method} (not applicable)", count, 1 + bagnet, 0))
+                continue
             for images in calls:
                 f, b = cost.passes_for(images, image_size=ctx.image_size, model=architecture, **options)
                 forward, backward = forward + f, backward + b

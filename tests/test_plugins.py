@@ -12,6 +12,7 @@ import pytest
 import run_all
 from bagrepro.harness.benchmark import benchmark_attribution
 from bagrepro.harness.plugins import load_plugin
+from bagrepro.harness.profiles import PROFILES
 from bagrepro.methods.attribution import attribution_methods, get_attribution, unregister_attribution
 
 PLUGIN = '''
@@ -104,6 +105,7 @@ def test_the_notebook_function_returns_the_benchmark_tables(tmp_path):
         """Distance of each pixel from the image's mean colour (a test method, no model)."""
         return (images - images.mean((2, 3), keepdim=True)).norm(dim=1)
 
+    profiles_before = set(PROFILES)
     try:
         tables = benchmark_attribution(mean_colour_distance, "colour_distance", profile="smoke",
                                        methods=("saliency", "integrated_gradients", "occlusion"),
@@ -112,6 +114,8 @@ def test_the_notebook_function_returns_the_benchmark_tables(tmp_path):
         if "colour_distance" in attribution_methods():
             unregister_attribution("colour_distance")
     assert {"per_image", "summary", "rankings", "proxies", "leaderboard"} <= set(tables)
+    # the profile derived for the call names the method: it does not outlive the call
+    assert set(PROFILES) == profiles_before
     assert set(tables["per_image"]["method"]) == {"saliency", "integrated_gradients", "occlusion",
                                                   "colour_distance", "random"}
     board = tables["leaderboard"]

@@ -67,14 +67,18 @@ def benchmark_attribution(explain: Callable, name: str = "my_method", *, profile
     scored = None if methods is None else tuple(dict.fromkeys((*methods, name)))
     overrides = dict(settings, **({"methods": scored} if scored is not None else {}))
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="bagrepro_benchmark_"))
-    from bagrepro.harness.profiles import PROFILES, Profile, activate, get_profile  # noqa: F401
+    from bagrepro.harness.profiles import PROFILES, get_profile
 
     base = get_profile(profile)
     changed = dict(base.overrides(EXPERIMENT))
     changed.update(overrides)
     custom = _with_settings(base, changed)
-    run_stages(RunOptions(profile=custom, experiments=[EXPERIMENT], models=models, out=folder, quiet=True),
-               log=lambda line: None)
+    try:
+        run_stages(RunOptions(profile=custom, experiments=[EXPERIMENT], models=models, out=folder, quiet=True),
+                   log=lambda line: None)
+    finally:  # the derived profile names your method: it lives only for this call
+        if custom != base.name:
+            PROFILES.pop(custom, None)
     results = folder / "results" / EXPERIMENT
     tables = {table: pd.read_csv(results / f"{table}.csv") for table in TABLES if (results / f"{table}.csv").is_file()}
     experiment = discover_experiments()[EXPERIMENT]
@@ -83,8 +87,9 @@ def benchmark_attribution(explain: Callable, name: str = "my_method", *, profile
 
 
 def _with_settings(profile, attribution_settings: dict) -> str:
-    """Register (once per settings) a copy of ``profile`` whose attribution_truth settings are
-    ``attribution_settings``; return its name."""
+    """Register a copy of ``profile`` whose attribution_truth settings are ``attribution_settings``
+    (the caller removes it from PROFILES afterwards); return its name (``profile``'s own when nothing
+    changes)."""
     import dataclasses
     import hashlib
 

@@ -128,7 +128,7 @@ def _library_cam_cost(name: str):
         if name == "ablation_cam":  # the activations' pass, the clean scores' pass, one per channel and image
             channels, holds_stem = _layer_channels(name, options)
             return images * (2 + (0 if holds_stem else channels)) + 1, 0
-        if name == "full_grad":  # its bias gradients and the input gradient: one backward to the input
+        if name == "full_grad":  # + 1: the bias-order pass; its bias gradients and the input gradient: one backward
             return images + 1, images
         return images + 1, 0  # one forward; the gradient stops at the layer
     return cost
@@ -148,17 +148,51 @@ def library_cam(net: nn.Module, images: Tensor, targets: Tensor, method: str, ba
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer = gradcam_layer(net, images[:1], method)
+    # FullGrad takes every bias layer, not one: its first pass checks their order (full_grad_problem)
+    layers = [] if method == "full_grad" else [gradcam_layer(net, images[:1], method)]
     cam_class = getattr(pytorch_grad_cam, GRAD_CAM_LIBRARY[method][0])
-    # the library prints progress bars (stderr) and FullGrad a warning that it ignores the layer (stdout)
-    with cam_class(model=net, target_layers=[layer]) as cam, contextlib.redirect_stderr(io.StringIO()), \
-            contextlib.redirect_stdout(io.StringIO()):
+    # the library prints progress bars (stderr)
+    with cam_class(model=net, target_layers=layers) as cam, contextlib.redirect_stderr(io.StringIO()):
         if batch_size is not None:
             cam.batch_size = batch_size
         maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])  # [B, H, W]
     maps = torch.as_tensor(maps, dtype=torch.float32, device=images.device)
     channels = images.shape[1]
     return (maps[:, None] / channels).expand(-1, channels, -1, -1).contiguous()
+
+
+def _bias_layers(net: nn.Module) -> list[nn.Module]:
+    """The layers FullGrad takes, in registration order (pytorch-grad-cam's predicate): every
+    ``nn.Conv2d`` and ``nn.BatchNorm2d`` (exact types) with a bias."""
+    return [m for m in net.modules() if type(m) in (nn.Conv2d, nn.BatchNorm2d) and m.bias is not None]
+
+
+def full_grad_problem(net: nn.Module, images: Tensor) -> str | None:
+    """Why FullGrad cannot apply to ``net``, or None: one forward of ``images`` (no grad) recording the
+    order the bias layers (:func:`_bias_layers`) run in. pytorch-grad-cam pairs the i-th registered
+    layer's bias with the i-th gradient it records (forward order), so a model that calls them in
+    another order, or one of them not exactly once, would pair biases with other layers' gradients:
+    a shape error, or, where the channels happen to agree, a wrong map."""
+    layers = _bias_layers(net)
+    if not layers:
+        return "full_grad: the model has no convolution or BatchNorm with a bias"
+    called: list[int] = []
+    handles = [layer.register_forward_hook(lambda module, _i, _o: called.append(id(module))) for layer in layers]
+    try:
+        with torch.no_grad():
+            net(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if called != [id(layer) for layer in layers]:
+        return ("full_grad: the model does not run its convolutions and BatchNorms in the order it registers "
+                "them, once each, and pytorch-grad-cam's FullGrad pairs their biases with the gradients in that order")
+    return None
+
+
+def _full_grad_applies(model: nn.Module, size: tuple[int, int]) -> str | None:
+    probe = next(model.parameters())
+    return full_grad_problem(model.eval(), torch.zeros(1, 3, *size, dtype=probe.dtype, device=probe.device))
 
 
 def _register_library_cam(name: str) -> None:
@@ -174,25 +208,32 @@ def _register_library_cam(name: str) -> None:
                    "masked inputs per forward pass (memory only).")
     elif name == "full_grad":
         def compute(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-            try:
-                return library_cam(net, images, targets, name)
-            except ValueError as error:  # its bias maps do not line up with the layers' gradients
-                raise MethodNotApplicable(f"full_grad: pytorch-grad-cam's FullGrad cannot pair this model's biases "
-                                          f"with its layers' gradients ({error})") from None
-        options = (" No options. It raises MethodNotApplicable where the library cannot pair the biases with "
-                   "the layers' gradients (it pairs them in module order: the reduced BagNet).")
+            problem = full_grad_problem(net, images[:1])
+            if problem is not None:
+                raise MethodNotApplicable(problem)
+            return library_cam(net, images, targets, name)
+        options = (" No options. Its first pass (of one image) checks that the model calls its bias layers "
+                   "in the order it registers them, once each (the library pairs each layer's bias with the "
+                   "gradients in that order); MethodNotApplicable where it does not (the BagNet).")
     else:
         def compute(net: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
             return library_cam(net, images, targets, name)
         options = " No options: the library's defaults (no test-time augmentation, no eigen-smoothing)."
-    compute.__doc__ = (f"{class_name} ({paper}; pytorch-grad-cam ``{class_name}``): the channels of the layer "
-                       f":func:`gradcam_layer` picks, weighted by {weights}; the library's map per image (ReLU, "
-                       f"min-max normalised to [0, 1], resized to the input), as map / 3 on each colour "
-                       f"channel; one layer-finding pass per call.{options}")
+    if name == "full_grad":
+        compute.__doc__ = (f"{class_name} ({paper}; pytorch-grad-cam ``{class_name}``): {weights}; the library's "
+                           f"map per image (each part min-max normalised to [0, 1] and resized to the input), as "
+                           f"map / 3 on each colour channel.{options}")
+    else:
+        compute.__doc__ = (f"{class_name} ({paper}; pytorch-grad-cam ``{class_name}``): the channels of the layer "
+                           f":func:`gradcam_layer` picks, weighted by {weights}; the library's map per image (ReLU, "
+                           f"min-max normalised to [0, 1], resized to the input), as map / 3 on each colour "
+                           f"channel; one layer-finding pass per call.{options}")
     compute.__name__ = compute.__qualname__ = f"_{name}"
-    register(name, library=f"pytorch-grad-cam {class_name}", passes=passes + ", and one layer-finding pass per call",
+    register(name, library=f"pytorch-grad-cam {class_name}",
+             passes=passes + (", and one bias-order pass per call" if name == "full_grad"
+                              else ", and one layer-finding pass per call"),
              needs=("gradients",) if name == "full_grad" else ("conv_layer",),
-             cost=_library_cam_cost(name))(compute)
+             cost=_library_cam_cost(name), applies=_full_grad_applies if name == "full_grad" else None)(compute)
 
 
 for _name in GRAD_CAM_LIBRARY:

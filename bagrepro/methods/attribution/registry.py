@@ -125,6 +125,11 @@ class AttributionMethod:
         leaderboard group by it.
     library: the library that computes it and its call (e.g. ``"captum Saliency"``), or
         ``"bagrepro"`` where no maintained library computes it as defined (the docstring says why).
+    applies: None, or ``applies(model, image_size) -> reason | None``: why the method cannot apply
+        to the model (an architecture: weights may be random) at ``(height, width)``, found before
+        the method runs. ``compute`` calls the same check first, on its first image, so where it
+        fails a call spends one forward pass (of one image) and raises :class:`MethodNotApplicable`;
+        ``--plan`` calls it (:meth:`not_applicable`) to plan that.
     """
 
     name: str
@@ -136,6 +141,15 @@ class AttributionMethod:
     cost: Callable[[int, dict], tuple[int, int]]
     family: str = "your method"
     library: str = "your code"
+    applies: Callable[[nn.Module, tuple[int, int]], str | None] | None = None
+
+    def not_applicable(self, model: nn.Module, image_size: int | tuple[int, int]) -> str | None:
+        """Why the method cannot apply to ``model`` at ``image_size`` (side, or (height, width)), as
+        its MethodNotApplicable would say; None where it applies or has no check (see ``applies``)."""
+        if self.applies is None:
+            return None
+        size = (int(image_size),) * 2 if isinstance(image_size, int) else tuple(int(side) for side in image_size)
+        return self.applies(model, size)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -200,13 +214,14 @@ FAMILIES = {
 def register_attribution(name: str, *, passes: str, needs: tuple[str, ...] = ("gradients",),
                          cost: Callable[[int, dict], tuple[int, int]] = _one_each,
                          family: str = "your method", library: str = "your code",
+                         applies: Callable[[nn.Module, tuple[int, int]], str | None] | None = None,
                          ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator: register the decorated function as attribution method ``name`` (it is returned
     unchanged, so it stays callable directly).
 
     The function's options are its keyword-only parameters with their defaults; its docstring (required)
     is the method's description. ``cost``: its image passes per call (default: one forward and one
-    backward per image), see :class:`AttributionMethod`. Raises ConfigError for a name already registered, a ``needs`` entry
+    backward per image), ``applies``: see :class:`AttributionMethod`. Raises ConfigError for a name already registered, a ``needs`` entry
     that is not a :data:`NEEDS` key, a missing docstring or another signature than
     ``(net, images, targets, *, option=default, ...)``.
     """
@@ -229,7 +244,7 @@ def register_attribution(name: str, *, passes: str, needs: tuple[str, ...] = ("g
         _REGISTRY[name] = AttributionMethod(name=name, compute=compute, passes=passes,
                                             options=_declared_options(name, compute), needs=needs,
                                             description=description, cost=cost,
-                                            family=family, library=library)
+                                            family=family, library=library, applies=applies)
         return compute
 
     return decorator
