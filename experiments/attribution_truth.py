@@ -71,8 +71,8 @@ from bagrepro.methods.ground_truth import (
     top_fraction_overlap,
 )
 from bagrepro.methods.heatmap_cache import cached_heatmaps
-from bagrepro.methods.proxies import (CURVE_PROXIES, PATCH_DELETION, curve_passes, deletion_passes,
-                                      deletion_scores, window_deletion_drops)
+from bagrepro.methods.proxies import (CURVE_PROXIES, PATCH_DELETION, ROAD_PROXIES, curve_passes, deletion_passes,
+                                      deletion_scores, road_passes, road_scores, window_deletion_drops)
 from bagrepro.methods.heatmaps import patch_logits
 from bagrepro.core.metrics import mean_interval, resolution
 from bagrepro.models import create_model, get_spec
@@ -87,7 +87,8 @@ from bagrepro.core.settings import mechanics_setting, our_setting
 
 RANDOM = "random"
 #: Part C: each proxy's score of a map -> whether higher is better (the proxy's own verdict)
-PART_C_METRICS = {PATCH_DELETION: True, **{proxy: entry[2] for proxy, entry in CURVE_PROXIES.items()}}
+PART_C_METRICS = {PATCH_DELETION: True, **{proxy: entry[2] for proxy, entry in CURVE_PROXIES.items()},
+                  **{proxy: entry[2] for proxy, entry in ROAD_PROXIES.items()}}
 HIGHER_IS_BETTER = {**PART_A_METRICS, **PART_B_METRICS, **PART_C_METRICS}
 #: Part C: the single-window deletion drops against the exact patch logits, per image (Spearman r);
 #: not a score of a method (every unit of a BagNet writes the same value), so not ranked
@@ -100,6 +101,7 @@ METRIC_LABELS = {
     "pointing_game": "pointing game",
     PATCH_DELETION: "Spearman r with single-window deletion drops",
     **{proxy: entry[3] for proxy, entry in CURVE_PROXIES.items()},
+    **{proxy: entry[3] for proxy, entry in ROAD_PROXIES.items()},
 }
 PER_IMAGE_COLUMNS = ["part", "model", "role", "method", "image_id", "metric", "value", "note"]
 
@@ -117,7 +119,8 @@ class Settings:
     method's option without a field here, a plugin method's); references: how many images of the
     profile's set that are not scored form the dataset baseline of the methods that take one
     (``references``: Expected Gradients, DeepLiftShap); proxies: compute Part C on every BagNet;
-    proxy_steps: the 8 x 8 px patches Part C's curves mask.
+    proxy_steps: the 8 x 8 px patches Part C's curves mask; road: the ROAD proxies Part C runs
+    (``road_morf``, ``road_lerf``: pytorch-grad-cam's, at its default percentiles).
 
     The method options below are None by default: each method then keeps the default its registry
     entry documents (the values its paper or captum recommends); a profile lowers them to fit its
@@ -150,6 +153,8 @@ class Settings:
                                       "of the profile's set that are not scored")
     proxies: bool = our_setting(True, "Part C: the deletion proxies on every BagNet")
     proxy_steps: int = our_setting(16, "Part C's curves mask 16 patches of 8x8 px (the demo's masking steps)")
+    road: tuple[str, ...] = our_setting(tuple(ROAD_PROXIES), "both ROAD orders, at pytorch-grad-cam's default "
+                                                             "percentiles (MoRF 80, LeRF 20)")
 
     def __post_init__(self):
         if not all(isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)
@@ -157,6 +162,9 @@ class Settings:
             raise ConfigError(f"options must be (name, value) pairs, got {self.options!r}")
         for method in (*(self.methods or ()), *self.left_out):
             attribution.get_attribution(method)  # an unknown name: ConfigError naming the valid ones
+        unknown_road = sorted(set(self.road) - set(ROAD_PROXIES))
+        if unknown_road:
+            raise ConfigError(f"unknown ROAD proxies {', '.join(unknown_road)}; choose from {', '.join(ROAD_PROXIES)}")
         if not 0 < self.top_fraction <= 1:
             raise ConfigError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
         known = {option for method in attribution.attribution_methods()
@@ -289,7 +297,7 @@ def unit_frame(ctx: RunContext, name: str, method: str, settings: Settings, pred
             maps = method_maps(ctx, name, method, settings, inputs, batch, ids, predicted, done)
         except attribution.MethodNotApplicable as error:  # a row per score of each part, saying why
             scores = {"A": PART_A_METRICS if part_a else {}, "B": PART_B_METRICS if part_b else {},
-                      "C": PART_C_METRICS if part_a and settings.proxies else {}}
+                      "C": part_c_metrics(settings) if part_a and settings.proxies else {}}
             return pd.DataFrame([{"part": part, "image_id": "", "metric": metric, "value": math.nan,
                                   "note": str(error)} for part, metrics in scores.items() for metric in metrics])
         maps = maps.detach().float()
@@ -334,7 +342,13 @@ def part_c_scores(model, inputs: torch.Tensor, predicted: torch.Tensor, maps: to
             drops_memo[key] = drops
     with torch.inference_mode():
         curves = deletion_scores(model, inputs, predicted, maps, settings.proxy_steps)
-    return {PATCH_DELETION: spearman_rows(pooled, drops), **curves, DROPS_VS_EXACT: spearman_rows(drops, truth)}
+        road = road_scores(model, inputs, predicted, maps, settings.road) if settings.road else {}
+    return {PATCH_DELETION: spearman_rows(pooled, drops), **curves, **road, DROPS_VS_EXACT: spearman_rows(drops, truth)}
+
+
+def part_c_metrics(settings: Settings) -> list[str]:
+    """The Part C scores a run with ``settings`` writes: the single-window deletion, the curves, its ROAD proxies."""
+    return [metric for metric in PART_C_METRICS if metric not in ROAD_PROXIES or metric in settings.road]
 
 
 def _text(column: pd.Series) -> pd.Series:
@@ -705,7 +719,7 @@ def plan(ctx: RunContext) -> list:
         if get_spec(name).is_bagnet and method not in settings.black_box:
             forward += count + 1  # exact patch logits, and the all-zero window
             if settings.proxies:  # Part C: the curves; the deletion drops once per BagNet (the first unit)
-                forward += curve_passes(count, settings.proxy_steps)
+                forward += curve_passes(count, settings.proxy_steps) + road_passes(count, settings.road)
                 if name not in drops_planned:
                     drops_planned.add(name)
                     forward += deletion_passes(count, ctx.image_size, ctx.image_size, get_spec(name).receptive_field)

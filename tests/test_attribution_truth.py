@@ -15,6 +15,7 @@ import run_all
 from bagrepro.methods import attribution
 from bagrepro.harness.profiles import PROFILES, frozen
 from experiments.attribution_truth import HIGHER_IS_BETTER
+from bagrepro.methods.proxies import CURVE_PROXIES, ROAD_PROXIES
 
 MODELS = ["demo_bagnet9", "demo_resnet50"]
 METHODS = ("saliency", "integrated_gradients", "occlusion", "grad_cam")
@@ -70,15 +71,15 @@ def test_both_parts_on_the_demo_world(tiny_demo_run, tmp_path):
     # Part C: the deletion proxies on the BagNet alone, every method and the random map, all images
     part_c = per_image[per_image["part"] == "C"]
     assert set(part_c["model"]) == {"demo_bagnet9"} and set(part_c["method"]) == {*METHODS, "random"}
-    assert set(part_c["metric"]) == {"patch_deletion", "morf_deletion", "lerf_deletion", "paper_masking",
-                                     "drops_vs_exact"}
+    assert set(part_c["metric"]) == {"patch_deletion", *CURVE_PROXIES, *ROAD_PROXIES, "drops_vs_exact"}
     assert part_c.groupby(["method", "metric"]).size().eq(SMALL["num_images"]).all()
-    curves = part_c[part_c["metric"].isin(["morf_deletion", "lerf_deletion", "paper_masking"])]["value"]
+    curves = part_c[part_c["metric"].isin(list(CURVE_PROXIES))]["value"]
     assert curves.between(0, 1).all()  # mean class probabilities
+    assert part_c[part_c["metric"].isin(list(ROAD_PROXIES))]["value"].notna().all()  # logit changes
     # the deletion drops are the same truth estimate in every unit
     assert part_c[part_c["metric"] == "drops_vs_exact"].groupby("image_id")["value"].nunique().eq(1).all()
     proxies = pd.read_csv(results / "proxies.csv")
-    assert set(proxies["proxy"]) == {"patch_deletion", "morf_deletion", "lerf_deletion", "paper_masking"}
+    assert set(proxies["proxy"]) == {"patch_deletion", *CURVE_PROXIES, *ROAD_PROXIES}
     assert (proxies["kendall_tau_low"] <= proxies["kendall_tau_high"]).all()
     assert proxies["truth_spearman"].notna().sum() == 1  # patch_deletion's drops against the exact logits
     assert (tmp_path / "figures" / "attribution_truth" / "partc_proxies.png").is_file()

@@ -48,13 +48,19 @@ def patch_scores(attribution: torch.Tensor, patch: int = 8, sign: str = "signed"
     return (F.avg_pool2d(values, patch) * patch * patch).flatten(1)
 
 
-def fill_values(images: torch.Tensor, patch: int, fill: str = "dc", blur_sigma: float | None = None) -> torch.Tensor:
+def fill_values(images: torch.Tensor, patch: int, fill: str | torch.Tensor = "dc",
+                blur_sigma: float | None = None) -> torch.Tensor:
     """What a masked pixel becomes, for every pixel: [B, C, H, W].
 
     'dc': the per-channel mean of the pixel's patch (its DC component, as in eq. 1);
     'zero': 0 in normalised space, i.e. the data set's mean colour; 'blur': a Gaussian blur of the
-    image (sigma = patch / 2 by default).
+    image (sigma = patch / 2 by default); a tensor of the images' shape: those values (an insertion
+    curve masks a blank image with the real one).
     """
+    if isinstance(fill, torch.Tensor):
+        if fill.shape != images.shape:
+            raise ConfigError(f"a fill tensor must have the images' shape {tuple(images.shape)}, got {tuple(fill.shape)}")
+        return fill.to(images)
     if fill == "dc":
         rows, cols = grid_shape(*images.shape[-2:], patch)
         means = F.avg_pool2d(images[..., : rows * patch, : cols * patch], patch)
@@ -97,7 +103,8 @@ def grid_positions(height: int, width: int, patch: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def masking_curves(model, images: torch.Tensor, ranks: torch.Tensor, leading: torch.Tensor, steps: int,
-                   patch: int = 8, fill: str = "dc", chunk_size: int = 64, engine: str = "incremental") -> torch.Tensor:
+                   patch: int = 8, fill: str | torch.Tensor = "dc", chunk_size: int = 64,
+                   engine: str = "incremental") -> torch.Tensor:
     """Probability of the leading class after masking the k best-ranked patches, k = 0..steps.
 
     model: maps images to logits. images [B, C, H, W] (model input); ranks [B, P] (from
