@@ -78,3 +78,25 @@ def test_score_cam_needs_the_model_for_its_cost(resnet):
     assert gradcam_layer(resnet, torch.randn(1, 3, 40, 40), "score_cam") is resnet.layer4
     # one pass of the activations plus one per channel of layer4 (512), per image; one layer-finding pass
     assert get_attribution("score_cam").passes_for(2, image_size=40, model=resnet) == (2 * 513 + 1, 0)
+
+
+def test_full_grad_refuses_a_model_whose_bias_layers_run_out_of_registration_order(resnet):
+    class Swapped(nn.Module):
+        """Registers conv_b before conv_a but runs conv_a first: FullGrad would pair their biases wrongly."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv_b = nn.Conv2d(4, 4, 3, padding=1)
+            self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.head(self.conv_b(self.conv_a(x).relu()).relu().mean((2, 3)))
+
+    full_grad = get_attribution("full_grad")
+    assert full_grad.not_applicable(resnet, 40) is None
+    reason = full_grad.not_applicable(Swapped(), (32, 32))
+    assert reason is not None and reason.startswith("full_grad: ")
+    with pytest.raises(MethodNotApplicable, match="order it registers"):
+        attribute(Swapped(), torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), "full_grad")
+    assert get_attribution("grad_cam").not_applicable(Swapped(), 32) is None  # no check: applies
