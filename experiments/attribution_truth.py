@@ -333,8 +333,9 @@ def part_c_scores(model, inputs: torch.Tensor, predicted: torch.Tensor, maps: to
     """Part C for one batch: each proxy's score of the maps [B] (:mod:`bagrepro.methods.proxies`): the
     maps pooled onto the patch grid against the single-window deletion drops (Spearman r; the drops
     are the same for every method, so they are computed once per batch and run: ``drops_memo``), the
-    deletion curves in the maps' order, and (:data:`DROPS_VS_EXACT`, the same in every unit) the
-    drops against the exact patch logits ``truth`` [B, rows, cols]."""
+    deletion and insertion curves in the maps' order, the ROAD proxies of ``settings.road``, and
+    (:data:`DROPS_VS_EXACT`, the same in every unit) the drops against the exact patch logits
+    ``truth`` [B, rows, cols]."""
     drops = None if drops_memo is None else drops_memo.get(key)
     if drops is None:
         drops = window_deletion_drops(model, inputs, predicted, q)

@@ -12,10 +12,10 @@ it: the gap between a proxy and the exact patch logits is what Part C measures.
   maps and every deleted window recomputes only what it reaches.
 - :func:`deletion_scores`: MoRF and LeRF deletion (Samek et al. 2017; Quantus' region perturbation)
   with 8 x 8 px patches set to 0 in the map's order, most relevant first and least relevant first,
-  MoRF insertion (the image's patches put back into the all-zero image, most relevant first, as in
-  Petsiuk et al. 2018's insertion game), and the paper's own masking order (Fig. 8: patches replaced by their DC component, most relevant
-  first), each as the mean probability of the class over the masking steps 1..steps (an area under
-  the curve). Curves through :func:`bagrepro.methods.masking.masking_curves`.
+  MoRF insertion (the image's patches put back into the all-zero image, most relevant first: the
+  insertion metric of Petsiuk et al. 2018), and the paper's own masking order (Fig. 8: patches
+  replaced by their DC component, most relevant first), each as the mean probability of the class
+  over the masking steps 1..steps (an area under the curve). Curves through :func:`bagrepro.methods.masking.masking_curves`.
 - :func:`road_scores`: ROAD (Rong et al. 2022, "A consistent and efficient evaluation strategy for
   attribution methods") through pytorch-grad-cam's ``ROADMostRelevantFirst`` /
   ``ROADLeastRelevantFirst`` at the library's default percentiles: the pixels removed by the map's
