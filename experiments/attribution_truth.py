@@ -712,7 +712,7 @@ def plan(ctx: RunContext) -> list:
                 # the run finds it on the first call: the check's pass of one image, and the all-zero
                 # window on a BagNet, before the method says why; nothing else
                 bagnet = get_spec(name).is_bagnet and method not in settings.black_box
-                work.append(Work(name, f"attribution truth, {method} (not applicable)", count, 1 + bagnet, 0))
+                work.append(Work(name, f"attribution truth, {method} (n/a)", count, 1 + bagnet, 0))
                 continue
             for images in calls:
                 f, b = cost.passes_for(images, image_size=ctx.image_size, model=architecture, **options)
