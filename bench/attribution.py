@@ -52,10 +52,10 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import bagrepro.demo.plugin  # noqa: E402,F401  (registers the demo zoo and the demo image source)
-from bagrepro.core.settings import resolve  # noqa: E402
 from bagrepro.demo.store import demo_test_images  # noqa: E402
 from bagrepro.demo.zoo import DEMO_ZOO  # noqa: E402
 from bagrepro.harness.profiles import get_profile  # noqa: E402
+from bagrepro.harness.registry import experiment_settings  # noqa: E402
 from bagrepro.methods.attribution import (MethodNotApplicable, attribute, attribution_methods,  # noqa: E402
                                           get_attribution)
 from bagrepro.models import create_model  # noqa: E402
@@ -73,9 +73,7 @@ def _sync(device: torch.device) -> None:
 
 def demo_settings() -> attribution_truth.Settings:
     """The demo profile's attribution_truth settings (its overrides applied to the Settings defaults)."""
-    profile = get_profile("demo")
-    return resolve(attribution_truth.Settings, profile.settings.get("attribution_truth", {}),
-                   "profile 'demo', experiment 'attribution_truth'")
+    return experiment_settings(attribution_truth.EXPERIMENT, get_profile("demo"))
 
 
 def passes_text(method: str, batch: int, model: torch.nn.Module, options: dict) -> str:

@@ -16,6 +16,19 @@ def isolated_caches(tmp_path_factory, monkeypatch):
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    small tensors gain little from two, and on a shared 2-core machine OpenMP's spinning threads made
+    DenseNet-169's 300 small kernels 10-50x slower. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def fixed_seed():
     """Every test draws the same random numbers on every run (no flaky tolerances)."""

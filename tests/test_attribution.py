@@ -21,14 +21,7 @@ from bagrepro.models import create_model
 from tests.attribution_crosscheck import captum_deeplift, unshare_relus
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spinning against other work made
-    DenseNet-169's 300 small kernels 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # ---- helpers ---------------------------------------------------------------------------------------

@@ -16,12 +16,7 @@ from bagrepro.methods.attribution.cams import GRAD_CAM_LIBRARY
 from bagrepro.models.bagnet import randomise_batchnorm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -43,12 +43,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def rel_err(a, b):
@@ -298,18 +293,16 @@ def test_gradcam_layer_rule(architecture):
 
 def blur_path_gradient(model, images, targets, steps, max_sigma=50.0):
     """Sum of |d logit_t / d input| at Blur IG's path points of sigma > 0 (the library's sigmas
-    i * max_sigma / steps; at sigma 0 its blur derivative is zero: a 0.01 px kernel is one pixel)."""
+    i * max_sigma / steps; at sigma 0 its blur derivative is zero: a 0.01 px kernel is one pixel),
+    every (sigma, image) point in one batch."""
     from scipy import ndimage
 
-    total = 0.0
-    for i in range(1, steps):
-        sigma = i * max_sigma / steps
-        blurred = ndimage.gaussian_filter(images.numpy(), sigma=[0, 0, sigma, sigma], mode="constant")
-        point = torch.tensor(blurred, requires_grad=True)
-        model(point).gather(1, targets[:, None]).sum().backward()
-        total += float(point.grad.abs().sum())
+    sigmas = [i * max_sigma / steps for i in range(1, steps)]
+    blurred = [ndimage.gaussian_filter(images.numpy(), sigma=[0, 0, sigma, sigma], mode="constant") for sigma in sigmas]
+    points = torch.tensor(np.concatenate(blurred), requires_grad=True)  # [(steps - 1) * B, 3, H, W]
+    model(points).gather(1, targets.repeat(steps - 1)[:, None]).sum().backward()
     model.zero_grad(set_to_none=True)
-    return total
+    return float(points.grad.abs().sum())
 
 
 def test_every_method_runs_counts_its_passes_and_leaves_the_model_alone(architecture):

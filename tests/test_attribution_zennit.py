@@ -14,12 +14,7 @@ from bagrepro.methods.attribution.lrp import ZENNIT_COMPOSITES, zennit_canonizer
 from bagrepro.models.bagnet import randomise_batchnorm, reduced_bagnet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _zennit_directly(model, x, target, composite_name, canonizers):

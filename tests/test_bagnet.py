@@ -33,14 +33,7 @@ LAYERS = (3, 4, 6, 3)
 # --------------------------------------------------------------------------------------------------
 # helpers
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these small tensors gain little from two, and on a shared, busy 2-core
-    machine OpenMP's spinning threads make the suite several times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def randomise_bn(model: nn.Module, seed: int, positive_bias: bool = False, calibrate: bool = True,

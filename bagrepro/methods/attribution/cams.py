@@ -19,13 +19,26 @@ from bagrepro.methods.attribution.registry import IMAGE_SIZE, MODEL, MethodNotAp
 register = functools.partial(register_attribution, family="CAM")
 
 
-def gradcam_layer(net: nn.Module, images: Tensor, method: str = "grad_cam") -> nn.Module:
-    """The "last convolutional block" Grad-CAM uses: one forward of ``images`` (without grad) with
-    hooks, and the module whose forward finishes last among those that contain an ``nn.Conv2d``
-    (themselves or a descendant) and output a 4-D tensor larger than 1 x 1 spatially. torchvision
-    ResNet: ``layer4``; VGG and DenseNet: ``features``; BagNet: ``layer4``. Run it on an eval-mode
-    model (a train-mode forward would update BatchNorm statistics). MethodNotApplicable if none.
-    """
+def hooked_forward(net: nn.Module, images: Tensor, modules, hook) -> None:
+    """One forward of ``images`` without grad with ``hook(module, inputs, output)`` on each of
+    ``modules`` (a forward hook), removed afterwards whatever happens."""
+    handles = [module.register_forward_hook(hook) for module in modules]
+    try:
+        with torch.no_grad():
+            net(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def blank_image(model: nn.Module, size: tuple[int, int]) -> Tensor:
+    """One all-zero image [1, 3, H, W] of ``size`` in the model's dtype and on its device."""
+    probe = next(model.parameters())
+    return torch.zeros(1, 3, *size, dtype=probe.dtype, device=probe.device)
+
+
+def _last_spatial_block(net: nn.Module, images: Tensor, method: str) -> tuple[nn.Module, int]:
+    """:func:`gradcam_layer`'s module and its output channels, from one hooked forward of ``images``."""
     with_conv: set[int] = set()
 
     def mark(module: nn.Module) -> bool:
@@ -38,23 +51,27 @@ def gradcam_layer(net: nn.Module, images: Tensor, method: str = "grad_cam") -> n
 
     if not mark(net):
         raise MethodNotApplicable(f"{method}: the model has no convolution (nn.Conv2d)")
-    finished: list[nn.Module] = []
+    finished: list[tuple[nn.Module, int]] = []
 
     def hook(module, _inputs, output):
         if isinstance(output, Tensor) and output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1:
-            finished.append(module)
+            finished.append((module, output.shape[1]))
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if id(m) in with_conv]
-    try:
-        with torch.no_grad():
-            net(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooked_forward(net, images, [m for m in net.modules() if id(m) in with_conv], hook)
     if not finished:
         raise MethodNotApplicable(f"{method}: no convolutional block outputs a spatial map larger than 1x1 "
                                   f"at {images.shape[-2]}x{images.shape[-1]} px")
     return finished[-1]
+
+
+def gradcam_layer(net: nn.Module, images: Tensor, method: str = "grad_cam") -> nn.Module:
+    """The "last convolutional block" Grad-CAM uses: one forward of ``images`` (without grad) with
+    hooks, and the module whose forward finishes last among those that contain an ``nn.Conv2d``
+    (themselves or a descendant) and output a 4-D tensor larger than 1 x 1 spatially. torchvision
+    ResNet: ``layer4``; VGG and DenseNet: ``features``; BagNet: ``layer4``. Run it on an eval-mode
+    model (a train-mode forward would update BatchNorm statistics). MethodNotApplicable if none.
+    """
+    return _last_spatial_block(net, images, method)[0]
 
 
 @register("grad_cam", library="captum LayerGradCam",
@@ -108,17 +125,8 @@ def _layer_channels(name: str, options: dict) -> tuple[int, bool]:
     model, size = options[MODEL], options[IMAGE_SIZE]
     if model is None or size is None:
         raise ConfigError(f"{name}: its passes depend on the model's layer and the image size; pass model and image_size")
-    probe = next(model.parameters())
-    images = torch.zeros(1, 3, *size, dtype=probe.dtype, device=probe.device)
-    layer = gradcam_layer(model.eval(), images, name)
-    seen = []
-    handle = layer.register_forward_hook(lambda _m, _i, output: seen.append(output.shape[1]))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        handle.remove()
-    return seen[-1], any(module is first_convolution(model) for module in layer.modules())
+    layer, channels = _last_spatial_block(model.eval(), blank_image(model, size), name)
+    return channels, any(module is first_convolution(model) for module in layer.modules())
 
 
 def _library_cam_cost(name: str):
@@ -177,13 +185,7 @@ def full_grad_problem(net: nn.Module, images: Tensor) -> str | None:
     if not layers:
         return "full_grad: the model has no convolution or BatchNorm with a bias"
     called: list[int] = []
-    handles = [layer.register_forward_hook(lambda module, _i, _o: called.append(id(module))) for layer in layers]
-    try:
-        with torch.no_grad():
-            net(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooked_forward(net, images, layers, lambda module, _i, _o: called.append(id(module)))
     if called != [id(layer) for layer in layers]:
         return ("full_grad: the model does not run its convolutions and BatchNorms in the order it registers "
                 "them, once each, and pytorch-grad-cam's FullGrad pairs their biases with the gradients in that order")
@@ -191,8 +193,7 @@ def full_grad_problem(net: nn.Module, images: Tensor) -> str | None:
 
 
 def _full_grad_applies(model: nn.Module, size: tuple[int, int]) -> str | None:
-    probe = next(model.parameters())
-    return full_grad_problem(model.eval(), torch.zeros(1, 3, *size, dtype=probe.dtype, device=probe.device))
+    return full_grad_problem(model.eval(), blank_image(model, size))
 
 
 def _register_library_cam(name: str) -> None:
